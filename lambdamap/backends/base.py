@@ -1,0 +1,39 @@
+"""The backend seam: something that starts invocations of the universal handler."""
+from __future__ import annotations
+
+import abc
+from typing import Protocol, Sequence
+
+
+class InvocationListener(Protocol):
+    """What a backend tells the executor, from its own threads."""
+
+    def invocation_lost(self, event: dict, cause: str, timed_out: bool) -> None:
+        """The invocation of ``event`` ended without running all its calls (process died, ...)."""
+
+    def wake(self) -> None:
+        """Something probably finished: look at the store now rather than at the next poll."""
+
+
+class Backend(abc.ABC):
+    """Starts one invocation of ``runtime_layer.handler.handler`` per event, asynchronously.
+
+    ``invoke`` returns as soon as the events are queued; results travel only through the store.
+    ``function_timeout`` (seconds) is how long one invocation may run: the executor uses it to
+    decide when a silent invocation is lost.
+    """
+
+    name: str = "backend"
+    function_timeout: float | None = None
+
+    def start(self, listener: InvocationListener) -> None:
+        """Begin work; ``listener`` receives losses and wake-ups."""
+        self.listener = listener
+
+    @abc.abstractmethod
+    def invoke(self, events: Sequence[dict]) -> None:
+        """Queue one invocation per event."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop: release workers, threads and connections."""

@@ -1,0 +1,220 @@
+"""The embedded backend: persistent local worker processes that run the universal handler.
+
+Workers are started once and reused across calls and jobs, like warm Lambda containers. A
+dispatcher thread hands each idle worker the next event over its own connection, so it always
+knows which event a worker holds: when a worker dies (SIGKILL, out of memory) or overruns the
+function time-out (it is killed), the executor is told which invocation was lost, and a fresh
+worker takes its place.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Listener, wait
+from typing import Sequence
+
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+WORKER_START_TIMEOUT = 60.0
+
+
+class _Worker:
+    def __init__(self, proc: subprocess.Popen, conn):
+        self.proc, self.conn = proc, conn
+        self.job: tuple[int, dict] | None = None  # (seq, event) being run
+        self.since = 0.0
+        self.timed_out = False
+
+
+class LocalBackend(Backend):
+    """Run invocations in ``workers`` local processes (default: one per core).
+
+    ``function_timeout`` (seconds, default none) is enforced like Lambda's: an invocation running
+    longer is killed and reported as timed out.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, *, function_timeout: float | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.function_timeout = function_timeout
+        self._pending: collections.deque[tuple[int, dict]] = collections.deque()
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pool: list[_Worker] = []
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, listener) -> None:
+        super().start(listener)
+        self._folder = tempfile.mkdtemp(prefix="lambdamap-workers-")
+        self._authkey = secrets.token_bytes(32)
+        self._listener = Listener(os.path.join(self._folder, "socket"), family="AF_UNIX",
+                                  authkey=self._authkey)
+        # Start them all, then take their hand-shakes in whatever order they arrive.
+        procs = {p.pid: p for p in (self._spawn() for _ in range(self.workers))}
+        self._pool = [self._accept(procs) for _ in range(self.workers)]
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._dispatch, name="lambdamap-local-dispatch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lambdamap.backends.local_worker", self._listener.address,
+             str(self.function_timeout or 0)],
+            stdin=subprocess.PIPE, env=_worker_env(), start_new_session=True)
+        proc.stdin.write(self._authkey.hex().encode() + b"\n")
+        proc.stdin.close()
+        return proc
+
+    def _accept(self, procs: dict[int, subprocess.Popen]) -> _Worker:
+        """Take the hand-shake of one of ``procs``; fail clearly if a worker cannot start."""
+        # Listener.accept has no time-out of its own; its socket does (private attribute).
+        self._listener._listener._socket.settimeout(WORKER_START_TIMEOUT)
+        try:
+            conn = self._listener.accept()
+        except OSError as exc:
+            codes = {pid: p.poll() for pid, p in procs.items()}
+            raise RuntimeError(
+                f"local worker processes did not start within {WORKER_START_TIMEOUT} s "
+                f"(exit codes {codes}); run `{sys.executable} -m lambdamap.backends.local_worker` "
+                "to see why") from exc
+        _, pid = conn.recv()
+        return _Worker(procs.pop(pid), conn)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread is not None:
+            os.write(self._wake_w, b"x")
+            self._thread.join(timeout=10)
+        for w in self._pool:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.time() + 5
+        for w in self._pool:
+            try:
+                w.proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            w.conn.close()
+        if self._thread is not None:
+            self._listener.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the current workers (for tests and diagnostics)."""
+        return [w.proc.pid for w in self._pool]
+
+    # -- invoking ----------------------------------------------------------------------------
+
+    def invoke(self, events: Sequence[dict]) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot invoke: the local backend is closed")
+            for event in events:
+                self._seq += 1
+                self._pending.append((self._seq, event))
+        os.write(self._wake_w, b"x")
+
+    def _dispatch(self) -> None:
+        while not self._closed:
+            self._hand_out()
+            waitables = [self._wake_r] + [w.conn for w in self._pool]
+            ready = wait(waitables, timeout=self._next_deadline())
+            for obj in ready:
+                if obj == self._wake_r:
+                    os.read(self._wake_r, 65536)
+                    continue
+                worker = next(w for w in self._pool if w.conn is obj)
+                try:
+                    _, seq, failure = worker.conn.recv()
+                except (EOFError, OSError):
+                    self._replace(worker)
+                    continue
+                event = worker.job[1]
+                worker.job = None
+                if failure:
+                    self.listener.invocation_lost(event, f"the handler failed:\n{failure}", False)
+                self.listener.wake()
+            self._enforce_timeout()
+
+    def _hand_out(self) -> None:
+        for worker in self._pool:
+            if worker.job is not None:
+                continue
+            with self._lock:
+                if not self._pending:
+                    return
+                job = self._pending.popleft()
+            worker.job, worker.since = job, time.monotonic()
+            try:
+                worker.conn.send(job)
+            except OSError:
+                pass  # the worker died; its connection will read as closed and it is replaced
+
+    def _next_deadline(self) -> float | None:
+        if not self.function_timeout:
+            return None
+        busy = [w.since for w in self._pool if w.job is not None]
+        if not busy:
+            return None
+        return max(0.0, min(busy) + self.function_timeout - time.monotonic()) + 0.01
+
+    def _enforce_timeout(self) -> None:
+        if not self.function_timeout:
+            return
+        now = time.monotonic()
+        for worker in self._pool:
+            if worker.job is not None and now - worker.since > self.function_timeout:
+                worker.timed_out = True
+                worker.proc.kill()  # its connection now reads as closed: replaced in _dispatch
+
+    def _replace(self, worker: _Worker) -> None:
+        """A worker died: report its invocation as lost and start a fresh worker in its place."""
+        code = worker.proc.wait()
+        worker.conn.close()
+        if code < 0:
+            cause = f"worker process {worker.proc.pid} was killed by {signal.Signals(-code).name}"
+        else:
+            cause = f"worker process {worker.proc.pid} exited with code {code}"
+        if worker.timed_out:
+            cause = f"the invocation ran past the function time-out of {self.function_timeout} s"
+        log.warning("local backend: %s", cause)
+        index = self._pool.index(worker)
+        if not self._closed:
+            proc = self._spawn()
+            self._pool[index] = self._accept({proc.pid: proc})
+        if worker.job is not None:
+            self.listener.invocation_lost(worker.job[1], cause, worker.timed_out)
+        self.listener.wake()
+
+
+def _worker_env() -> dict:
+    """The worker's environment: the client's, with lambdamap importable even from a source tree."""
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env

@@ -1,0 +1,100 @@
+"""The collector: learns from the store which calls finished and fills their futures.
+
+It does not poll per call: each poll is one ``list`` of the job's status prefix, starting after
+the oldest call still outstanding, then one ``get`` per newly finished call (in parallel on S3).
+The poll interval adapts: it shrinks to ``min_interval`` while results arrive and doubles up to
+``max_interval`` while none do; a backend can ``wake`` it early.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from . import serialize, wire
+from .errors import RemoteError, RemoteTraceback
+from .storage import LocalStorage, Storage
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    """Background thread that turns status/result records into future results."""
+
+    def __init__(self, storage: Storage, job_id: str, on_record: Callable[[wire.CallRecord], None],
+                 pending, low: Callable[[], int], *, min_interval: float,
+                 max_interval: float, fetch_threads: int = 32, on_idle_poll: Callable[[], None] = None):
+        self.storage, self.job_id = storage, job_id
+        # ``pending`` holds the ids of calls not yet collected; ``low()`` is the smallest of them.
+        self.pending, self.low = pending, low
+        self.on_record, self.on_idle_poll = on_record, on_idle_poll
+        self.min_interval, self.max_interval = min_interval, max_interval
+        self.polls = 0
+        self._wake = threading.Event()
+        self._stop = False
+        # A folder answers a read in microseconds: threads would only add overhead there.
+        self._fetcher = None if isinstance(storage, LocalStorage) else ThreadPoolExecutor(
+            fetch_threads, thread_name_prefix="lambdamap-fetch")
+        self._thread = threading.Thread(target=self._run, name="lambdamap-collector", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True)
+
+    def _run(self) -> None:
+        interval = self.min_interval
+        while not self._stop:
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                found = self.poll()
+            except Exception:  # a failing store must not kill the collector: report and go on
+                log.exception("lambdamap collector: polling the store failed; retrying")
+                found = 0
+            if self.on_idle_poll is not None:
+                self.on_idle_poll()
+            interval = self.min_interval if found else min(interval * 2, self.max_interval)
+
+    def poll(self) -> int:
+        """One round: list finished calls, fetch their records, hand them over. Returns the count."""
+        if not self.pending:
+            return 0
+        low = self.low()
+        start_after = wire.status_key(self.job_id, low - 1) if low > 0 else None
+        self.polls += 1
+        keys = self.storage.list(wire.status_prefix(self.job_id), start_after=start_after)
+        done = [cid for cid in map(wire.call_id_of, keys) if cid in self.pending]
+        if not done:
+            return 0
+        keys = [wire.result_key(self.job_id, cid) for cid in done]
+        blobs = map(self.storage.get, keys) if self._fetcher is None else self._fetcher.map(self.storage.get, keys)
+        for blob in blobs:
+            self.on_record(wire.decode_record(blob))
+        return len(done)
+
+
+def outcome(record: wire.CallRecord):
+    """``(value, None)`` or ``(None, exception)`` for a record; the remote traceback is the cause."""
+    if record.ok:
+        return serialize.loads(record.value_blob), None
+    exc = None
+    if record.error_blob is not None:
+        try:
+            exc = serialize.loads(record.error_blob)
+        except Exception:  # noqa: BLE001 - e.g. its class does not exist here
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(record.error_type or "Exception", record.error_message)
+    if record.traceback:
+        exc.__cause__ = RemoteTraceback(record.traceback)
+    return None, exc

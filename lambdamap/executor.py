@@ -1,0 +1,419 @@
+"""``Executor``: a ``concurrent.futures.Executor`` whose calls run as serverless invocations.
+
+How a call travels: ``submit``/``map`` pickle the function (once per job, content-addressed) and
+the arguments (packed per batch of ``chunksize`` calls), upload them, and ask the backend for one
+invocation per batch. Every invocation runs the universal handler, which writes one result and
+one status record per call. The collector lists the statuses, reads the results and fills the
+futures. Lost invocations (a dead worker, a time-out) are re-invoked for their unfinished calls,
+a bounded number of times, and then failed with an error that names the call.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from . import serialize, wire
+from .backends.base import Backend
+from .collector import Collector, outcome
+from .errors import CallTimeoutError, SerializationError, WorkerLostError
+from .futures import CallFuture
+from .objects import ObjectRef, remember
+from .storage import LocalStorage, S3Storage, Storage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Argument batches are uploaded in blobs of about this size; one blob serves many invocations.
+ARGS_BLOB_BYTES = 8 * 2**20
+
+
+@dataclass
+class _Call:
+    future: CallFuture
+    event: dict
+    submitted: float
+    bytes_in: int
+    losses: int = 0
+    status: dict = field(default_factory=dict)
+
+
+class Executor(concurrent.futures.Executor):
+    """Run Python calls as serverless invocations; the embedded default needs no account.
+
+    Example::
+
+        from lambdamap import Executor
+        with Executor() as ex:                   # local worker processes, temp-folder store
+            squares = list(ex.map(lambda x: x * x, range(1000)))
+            assert ex.submit(pow, 2, 10).result() == 1024
+
+    Args:
+        backend: ``"local"`` (worker processes on this machine) or a :class:`Backend` instance.
+        storage: where the job's objects live: a :class:`Storage`, a folder path, or
+            ``"s3://bucket/prefix"``; default a fresh temporary folder.
+        workers: local backend only: number of worker processes (default one per core).
+        function_timeout: seconds one invocation may run before it is stopped and its running
+            call fails with :class:`CallTimeoutError` (default: none locally).
+        max_retries: how often a call whose worker was lost is run again before it fails with
+            :class:`WorkerLostError`.
+        keep_data: keep the job's objects in the store after shutdown (default: delete them).
+        poll_interval: ``(min, max)`` seconds between the collector's polls of the store.
+    """
+
+    def __init__(self, backend: str | Backend = "local", *, storage: Storage | str | None = None,
+                 workers: int | None = None, function_timeout: float | None = None,
+                 max_retries: int = 2, keep_data: bool = False,
+                 poll_interval: tuple[float, float] | None = None):
+        self.job_id = secrets.token_hex(12)  # unguessable: other users cannot find its objects
+        self.keep_data = keep_data
+        self.max_retries = max_retries
+        self._own_folder = storage is None
+        self.storage = _make_storage(storage)
+        self._storage_spec = self.storage.spec()
+        self.backend = _make_backend(backend, workers=workers, function_timeout=function_timeout)
+
+        self._lock = threading.RLock()
+        self._calls: dict[int, _Call] = {}
+        self._pending: dict[int, _Call] = {}  # submitted, result not yet collected
+        self._low = 0  # every call id below this has been collected
+        self._next_call = 0
+        self._next_blob = 0
+        self._uploaded: set[str] = set()
+        self._shutdown = False
+
+        local = isinstance(self.storage, LocalStorage)
+        interval = poll_interval or ((0.002, 0.1) if local else (0.05, 2.0))
+        self._collector = Collector(self.storage, self.job_id, self._on_record, self._pending,
+                                    self._low_pending, min_interval=interval[0],
+                                    max_interval=interval[1])
+        try:
+            self.backend.start(self)
+        except BaseException:
+            self._collector.stop()
+            raise
+
+    def __repr__(self) -> str:
+        return (f"Executor(backend={self.backend.name!r}, storage={self.storage!r}, "
+                f"job_id={self.job_id!r})")
+
+    # -- the concurrent.futures.Executor interface -------------------------------------------
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> CallFuture:
+        """Schedule ``fn(*args, **kwargs)``; return its future."""
+        return self._schedule(fn, [(args, kwargs)], chunksize=1)[0]
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1, progress: bool = False) -> Iterator:
+        """Like the built-in ``map``, each call run remotely; results come in input order.
+
+        ``chunksize`` calls share one invocation. The first exception is raised when its
+        position is reached; ``timeout`` (seconds from this call) raises ``TimeoutError``.
+        """
+        end_time = None if timeout is None else time.monotonic() + timeout
+        futures = self.map_futures(fn, *iterables, chunksize=chunksize, progress=progress)
+
+        def results() -> Iterator:
+            try:
+                futures.reverse()  # pop from the end: the caller need not hold finished results
+                while futures:
+                    remaining = None if end_time is None else end_time - time.monotonic()
+                    yield _result_or_cancel(futures.pop(), remaining)
+            finally:
+                for future in futures:
+                    future.cancel()
+
+        return results()
+
+    def map_futures(self, fn: Callable, *iterables: Iterable, chunksize: int = 1,
+                    progress: bool = False) -> list[CallFuture]:
+        """Schedule ``fn`` over the zipped iterables and return the futures (PyWren style)."""
+        calls = [(args, {}) for args in zip(*iterables)]
+        futures = self._schedule(fn, calls, chunksize=chunksize)
+        if progress:
+            _attach_progress_bar(futures, getattr(fn, "__name__", "calls"))
+        return futures
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; by default wait for the calls, then free workers and data."""
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            futures = [c.future for c in self._calls.values()]
+        if cancel_futures:
+            for future in futures:
+                future.cancel()
+        if wait:
+            concurrent.futures.wait(futures)
+            self._release()
+        else:
+            threading.Thread(target=lambda: (concurrent.futures.wait(futures), self._release()),
+                             daemon=True).start()
+
+    # -- data by reference ---------------------------------------------------------------------
+
+    def put(self, obj: Any) -> ObjectRef:
+        """Store ``obj`` once (by content hash); pass the returned reference to calls.
+
+        A top-level :class:`ObjectRef` argument arrives in the call as the object itself, and a
+        warm worker keeps it decoded between calls::
+
+            X_ref = ex.put(X)
+            scores = ex.map(lambda X, seed: fit(X, seed), itertools.repeat(X_ref, 100), range(100))
+        """
+        blob = serialize.dumps(obj, "object")
+        key = wire.obj_key(self.job_id, serialize.digest(blob))
+        if key not in self._uploaded:
+            self.storage.put(key, blob)
+            self._uploaded.add(key)
+        remember(key, obj, len(blob))
+        return ObjectRef(key, self._storage_spec, len(blob))
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    def metrics(self) -> pd.DataFrame:
+        """One row per call: times (epoch seconds), duration, peak memory, worker, warm, bytes."""
+        import pandas as pd  # here: workers import lambdamap too, and need no pandas
+
+        with self._lock:
+            rows = []
+            for call_id, call in self._calls.items():
+                s = call.status
+                rows.append({
+                    "call_id": call_id, "submitted": call.submitted, "started": s.get("started"),
+                    "finished": s.get("finished"), "duration": s.get("duration"),
+                    "peak_memory_mb": s.get("peak_memory_mb"), "worker": s.get("worker"),
+                    "warm": s.get("warm"), "bytes_in": call.bytes_in, "bytes_out": s.get("bytes_out"),
+                    "attempt": s.get("attempt"), "ok": s.get("ok"), "error_type": s.get("error_type"),
+                })
+        columns = ["call_id", "submitted", "started", "finished", "duration", "peak_memory_mb",
+                   "worker", "warm", "bytes_in", "bytes_out", "attempt", "ok", "error_type"]
+        return pd.DataFrame(rows, columns=columns)
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def _schedule(self, fn: Callable, calls: list[tuple[tuple, dict]],
+                  chunksize: int) -> list[CallFuture]:
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        fn_key = self._upload_function(fn)
+        with self._lock:
+            first = self._next_call
+            self._next_call += len(calls)
+        # Pickle every argument before anything is invoked: a bad one fails the whole map early.
+        payloads = [_dump_arguments(fn, args, kwargs, first + i) for i, (args, kwargs) in enumerate(calls)]
+
+        futures: list[CallFuture] = []
+        blob, events, blob_no = bytearray(), [], None
+        for start in range(0, len(payloads), chunksize):
+            if blob_no is None:
+                with self._lock:
+                    blob_no, self._next_blob = self._next_blob, self._next_blob + 1
+            ids = range(first + start, first + min(start + chunksize, len(payloads)))
+            packed = wire.pack_batch([(cid, payloads[cid - first]) for cid in ids])
+            event = wire.make_event(storage=self._storage_spec, job_id=self.job_id, fn=fn_key,
+                                    args=wire.args_key(self.job_id, blob_no),
+                                    byte_range=(len(blob), len(blob) + len(packed)), calls=list(ids))
+            blob += packed
+            events.append(event)
+            now = time.time()
+            for cid in ids:
+                future = CallFuture(cid)
+                futures.append(future)
+                self._register(_Call(future, event, now, len(payloads[cid - first])))
+            if len(blob) >= ARGS_BLOB_BYTES:
+                self._launch(bytes(blob), events)
+                blob, events, blob_no = bytearray(), [], None
+        if events:
+            self._launch(bytes(blob), events)
+        return futures
+
+    def _upload_function(self, fn: Callable) -> str:
+        blob = serialize.dumps(fn, f"function {getattr(fn, '__qualname__', fn)!r}:")
+        key = wire.fn_key(self.job_id, serialize.digest(blob))
+        if key not in self._uploaded:
+            self.storage.put(key, blob)
+            self._uploaded.add(key)
+        return key
+
+    def _register(self, call: _Call) -> None:
+        with self._lock:
+            self._calls[call.future.call_id] = call
+            self._pending[call.future.call_id] = call
+
+    def _launch(self, blob: bytes, events: list[dict]) -> None:
+        self.storage.put(events[0]["args"], blob)
+        self.backend.invoke(events)
+
+    # -- collecting ------------------------------------------------------------------------------
+
+    def _low_pending(self) -> int:
+        with self._lock:
+            while self._low < self._next_call and self._low not in self._pending:
+                self._low += 1
+            return self._low
+
+    def _on_record(self, record: wire.CallRecord) -> None:
+        with self._lock:
+            call = self._pending.pop(record.call_id, None)
+        if call is None:
+            return
+        call.status = record.status
+        future = call.future
+        future.stdout, future.stderr, future.logs = record.stdout, record.stderr, record.logs
+        future.status, future.remote_traceback = record.status, record.traceback
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled while it ran: its result is dropped
+        try:
+            value, error = outcome(record)
+        except Exception as exc:  # noqa: BLE001 - e.g. the result's class is unknown here
+            value, error = None, SerializationError(
+                f"the result of call {record.call_id} could not be unpickled at the client: {exc}")
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+    # -- the InvocationListener interface (called from the backend's threads) ---------------------
+
+    def wake(self) -> None:
+        self._collector.wake()
+
+    def invocation_lost(self, event: dict, cause: str, timed_out: bool) -> None:
+        """Re-invoke the unfinished calls of a lost invocation, or fail the one that was running.
+
+        Calls of a batch run in order, so the first unfinished call is the one that was running
+        when the invocation was lost: only it is blamed (and, after a time-out, failed at once).
+        """
+        with self._lock:
+            unfinished = [cid for cid in event["calls"] if cid in self._pending]
+        unfinished = [cid for cid in unfinished
+                      if not self.storage.exists(wire.status_key(self.job_id, cid))]
+        if not unfinished:
+            self.wake()
+            return
+        culprit, rest = unfinished[0], unfinished[1:]
+        call = self._calls[culprit]
+        call.losses += 1
+        if timed_out:
+            self._fail(culprit, CallTimeoutError(
+                f"call {culprit} of job {self.job_id} did not finish: {cause}"), event)
+        elif call.losses > self.max_retries:
+            self._fail(culprit, WorkerLostError(
+                f"call {culprit} of job {self.job_id} was lost {call.losses} times "
+                f"(max_retries={self.max_retries}); last cause: {cause}"), event)
+        else:
+            log.warning("call %d of job %s lost (%s); running it again", culprit, self.job_id, cause)
+            rest = unfinished
+        if rest and not self._shutdown_released():
+            retry = dict(event, calls=rest, attempt=event.get("attempt", 0) + 1)
+            with self._lock:
+                for cid in rest:
+                    self._calls[cid].event = retry
+            self.backend.invoke([retry])
+        self.wake()
+
+    def _fail(self, call_id: int, error: Exception, event: dict) -> None:
+        """Record the failure in the store, like any result, so that it counts exactly once."""
+        record = wire.failure_record(call_id, error)
+        wire.write_record(self.storage, self.job_id, record, started=time.time(), bytes_in=0,
+                          worker="client", warm=False, attempt=event.get("attempt", 0))
+
+    def _shutdown_released(self) -> bool:
+        return getattr(self, "_released", False)
+
+    # -- cleaning up -------------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        self._released = True
+        self._collector.stop()
+        self.backend.close()
+        if not self.keep_data:
+            self.storage.delete(wire.job_prefix(self.job_id))
+            if self._own_folder:
+                shutil.rmtree(self.storage.root, ignore_errors=True)
+        else:
+            log.info("lambdamap: kept job %s in %r", self.job_id, self.storage)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _make_storage(storage: Storage | str | None) -> Storage:
+    if storage is None:
+        return LocalStorage(tempfile.mkdtemp(prefix="lambdamap-"))
+    if isinstance(storage, Storage):
+        return storage
+    if isinstance(storage, str) and storage.startswith("s3://"):
+        bucket, _, prefix = storage[5:].partition("/")
+        s3 = S3Storage(bucket, prefix)
+        s3.check()
+        return s3
+    if isinstance(storage, str):
+        return LocalStorage(storage)
+    raise TypeError(f"storage must be a Storage, a folder path or an s3:// URI, not {storage!r}")
+
+
+def _make_backend(backend: str | Backend, *, workers: int | None,
+                  function_timeout: float | None) -> Backend:
+    if isinstance(backend, Backend):
+        return backend
+    if backend == "local":
+        from .backends.local import LocalBackend
+
+        return LocalBackend(workers, function_timeout=function_timeout)
+    raise ValueError(f"unknown backend {backend!r}: use 'local' or a Backend instance")
+
+
+def _dump_arguments(fn: Callable, args: tuple, kwargs: dict, call_id: int) -> bytes:
+    try:
+        return serialize.dumps((args, kwargs), "arguments")
+    except SerializationError:
+        pass
+    # Slow path, only on failure: find the argument to name in the message.
+    named = [(f"argument {i}", a) for i, a in enumerate(args)] + \
+            [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        serialize.dumps(value, f"{label} of call {call_id} to {getattr(fn, '__qualname__', fn)}:")
+    raise SerializationError(f"cannot serialize the arguments of call {call_id}")
+
+
+def _result_or_cancel(future: concurrent.futures.Future, timeout: float | None) -> Any:
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+    finally:
+        del future  # break a reference cycle with the exception's traceback
+
+
+def _attach_progress_bar(futures: list[CallFuture], label: str) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(futures), desc=label, unit="call")
+    counter = itertools.count(1)
+    lock = threading.Lock()
+
+    def tick(_future):
+        with lock:
+            bar.update(1)
+            if next(counter) == len(futures):
+                bar.close()
+
+    for future in futures:
+        future.add_done_callback(tick)

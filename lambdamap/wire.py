@@ -1,0 +1,208 @@
+"""The wire format: where a job's objects live in the store and what an invocation receives.
+
+Layout of one job (everything below ``jobs/<job_id>/``, an unguessable random id)::
+
+    fn/<sha256>        the cloudpickled function, stored once per job (content-addressed)
+    obj/<sha256>       objects passed by reference (``Executor.put``), stored once
+    args/<blob>        argument batches: concatenated pickles, one per batch; an event names
+                       its batch by byte range, so one upload serves many invocations
+    result/<call>      one pickled :class:`CallRecord` per call (value or exception + output)
+    status/<call>      one small JSON status per call, written after the result: its presence
+                       means "finished"; the collector lists this prefix to learn what is done
+
+The event an invocation receives is small JSON (keys, never data); see :func:`make_event`. Both
+sides check ``WIRE_VERSION`` and the Python minor version, because cloudpickle does not travel
+across Python versions.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import time
+import traceback as traceback_module
+from dataclasses import dataclass, field
+
+from .errors import RuntimeMismatchError
+
+WIRE_VERSION = 1
+CALL_ID_WIDTH = 8  # zero-padded so that keys sort in call order
+
+
+def python_version() -> str:
+    """This interpreter's ``major.minor``, e.g. ``"3.11"``."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def fn_key(job_id: str, digest: str) -> str:
+    return f"jobs/{job_id}/fn/{digest}"
+
+
+def obj_key(job_id: str, digest: str) -> str:
+    return f"jobs/{job_id}/obj/{digest}"
+
+
+def args_key(job_id: str, blob: int) -> str:
+    return f"jobs/{job_id}/args/{blob:0{CALL_ID_WIDTH}d}"
+
+
+def result_key(job_id: str, call_id: int) -> str:
+    return f"jobs/{job_id}/result/{call_id:0{CALL_ID_WIDTH}d}"
+
+
+def status_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/status/"
+
+
+def status_key(job_id: str, call_id: int) -> str:
+    return f"{status_prefix(job_id)}{call_id:0{CALL_ID_WIDTH}d}"
+
+
+def call_id_of(key: str) -> int:
+    """The call id at the end of a result or status key."""
+    return int(key.rsplit("/", 1)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+def make_event(*, storage: dict, job_id: str, fn: str, args: str, byte_range: tuple[int, int],
+               calls: list[int], attempt: int = 0, options: dict | None = None) -> dict:
+    """The JSON event of one invocation: which function, which argument batch, which calls.
+
+    ``calls`` are the call ids of the batch to run (a retry may run only the unfinished ones).
+    """
+    return {
+        "wire_version": WIRE_VERSION,
+        "python": python_version(),
+        "storage": storage,
+        "job_id": job_id,
+        "fn": fn,
+        "args": args,
+        "range": list(byte_range),
+        "calls": list(calls),
+        "attempt": attempt,
+        "options": options or {},
+    }
+
+
+def check_event(event: dict) -> None:
+    """Refuse an event from a client with another wire format or Python minor version."""
+    theirs_wire = event.get("wire_version")
+    if theirs_wire != WIRE_VERSION:
+        raise RuntimeMismatchError(
+            f"wire-format version mismatch: the client sent version {theirs_wire}, this runtime "
+            f"speaks version {WIRE_VERSION}; redeploy the runtime (`lambdamap deploy`) with the "
+            "client's lambdamap version")
+    theirs_py = event.get("python")
+    if theirs_py != python_version():
+        raise RuntimeMismatchError(
+            f"Python version mismatch: the client runs Python {theirs_py}, this runtime runs "
+            f"Python {python_version()}; cloudpickle does not travel across Python versions, so "
+            f"deploy a runtime for Python {theirs_py} (`lambdamap deploy` uses the client's version)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument batches: one pickled list of (call_id, payload) per batch; payload = pickled (args, kwargs)
+
+
+def pack_batch(calls: list[tuple[int, bytes]]) -> bytes:
+    return pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_batch(data: bytes) -> list[tuple[int, bytes]]:
+    return pickle.loads(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and statuses
+
+
+@dataclass
+class CallRecord:
+    """What a call left behind: its value or exception, what it printed, and its measurements.
+
+    The value and the exception stay pickled (``value_blob``, ``error_blob``) until the client
+    asks for them; ``error_type``, ``error_message`` and ``traceback`` are plain text, so that an
+    exception that cannot be rebuilt at the client still comes home readable.
+    """
+
+    call_id: int
+    ok: bool
+    value_blob: bytes | None = None
+    error_blob: bytes | None = None
+    error_type: str | None = None
+    error_message: str = ""
+    traceback: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    logs: str = ""
+    status: dict = field(default_factory=dict)
+
+
+def encode_record(record: CallRecord) -> bytes:
+    return pickle.dumps(record.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_record(data: bytes) -> CallRecord:
+    return CallRecord(**pickle.loads(data))
+
+
+def make_status(*, call_id: int, ok: bool, started: float, finished: float, peak_memory_mb: float,
+                worker: str, warm: bool, bytes_in: int, bytes_out: int, attempt: int,
+                error_type: str | None = None) -> dict:
+    """The JSON status of one call; the same dict is embedded in its :class:`CallRecord`."""
+    return {
+        "call_id": call_id, "ok": ok, "started": started, "finished": finished,
+        "duration": finished - started, "peak_memory_mb": peak_memory_mb, "worker": worker,
+        "warm": warm, "bytes_in": bytes_in, "bytes_out": bytes_out, "attempt": attempt,
+        "error_type": error_type,
+    }
+
+
+def encode_status(status: dict) -> bytes:
+    return json.dumps(status, separators=(",", ":")).encode()
+
+
+def decode_status(data: bytes) -> dict:
+    return json.loads(data)
+
+
+def failure_record(call_id: int, exc: BaseException, tb: str | None = None) -> CallRecord:
+    """A record for a call that raised ``exc`` (or that infrastructure failed on its behalf)."""
+    from . import serialize  # here, not at the top: serialize is the heavier import
+
+    try:
+        blob = serialize.dumps(exc, "exception")
+        pickle.loads(blob)  # an exception that pickles but cannot be rebuilt travels as text only
+    except BaseException:  # noqa: BLE001
+        blob = None
+    if tb is None:
+        tb = "".join(traceback_module.format_exception(exc))
+    return CallRecord(call_id=call_id, ok=False, error_blob=blob,
+                      error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                      error_message=str(exc), traceback=tb)
+
+
+def write_record(storage, job_id: str, record: CallRecord, *, started: float, bytes_in: int,
+                 worker: str, warm: bool, attempt: int, peak_memory_mb: float = 0.0) -> bool:
+    """Write a call's result, then its status; the first writer wins (``if_absent``).
+
+    Returns whether this record is the one that counts. A call delivered twice (at-least-once
+    invocation) therefore still has exactly one result.
+    """
+    blob = record.value_blob if record.ok else record.error_blob
+    record.status = make_status(
+        call_id=record.call_id, ok=record.ok, started=started, finished=time.time(),
+        peak_memory_mb=round(peak_memory_mb, 1), worker=worker, warm=warm, bytes_in=bytes_in,
+        bytes_out=len(blob or b""), attempt=attempt, error_type=record.error_type)
+    won = storage.put(result_key(job_id, record.call_id), encode_record(record), if_absent=True)
+    # The status follows even if another delivery won the result: that one may have died between
+    # its two writes, and a result without a status would never be collected.
+    storage.put(status_key(job_id, record.call_id), encode_status(record.status), if_absent=True)
+    return won

@@ -1,0 +1,110 @@
+"""The universal handler: the one function that every invocation runs, on every backend.
+
+``handler(event, context)`` reads the job named by the event from the store, runs its batch of
+calls one after another, and for each call writes a result record, then a status record. It is the
+AWS Lambda entry point (``runtime_layer.handler.handler``) and exactly what the local backend's
+worker processes run. Module-level caches survive between invocations of a warm worker.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import resource
+import socket
+import time
+import traceback
+
+from lambdamap import serialize, wire
+from lambdamap.errors import SerializationError
+from lambdamap.objects import resolve
+from lambdamap.storage import Storage, storage_from_spec
+
+log = logging.getLogger("lambdamap.runtime")
+
+WORKER_ID = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+_invocations = 0  # > 0 means this process is warm
+_functions: dict[str, object] = {}
+
+
+def handler(event: dict, context=None) -> dict:
+    """Run the calls of one invocation event; return a small summary (never the results)."""
+    global _invocations
+    warm = _invocations > 0
+    _invocations += 1
+    storage = storage_from_spec(event["storage"])
+    job_id, attempt, options = event["job_id"], event.get("attempt", 0), event.get("options", {})
+    calls = event["calls"]
+    try:
+        wire.check_event(event)
+        fn = _load_function(storage, event["fn"])
+        batch = dict(wire.unpack_batch(storage.get(event["args"], tuple(event["range"]))))
+    except BaseException as exc:  # a job-level failure: every call of the batch reports it
+        log.error("invocation of job %s failed before its calls ran: %s", job_id, exc)
+        started = time.time()
+        for call_id in calls:
+            _write(storage, job_id, wire.failure_record(call_id, exc, traceback.format_exc()), started,
+                   0, warm, attempt, options)
+        return {"calls": len(calls), "warm": warm, "worker": WORKER_ID, "failed": True}
+
+    for call_id in calls:
+        payload = batch[call_id]
+        started = time.time()
+        record = _run(fn, payload, call_id)
+        _write(storage, job_id, record, started, len(payload), warm, attempt, options)
+        warm = True  # the first call of a cold invocation paid the start-up; the rest did not
+    return {"calls": len(calls), "warm": _invocations > 1, "worker": WORKER_ID, "failed": False}
+
+
+def _load_function(storage: Storage, key: str):
+    fn = _functions.get(key)
+    if fn is None:
+        fn = serialize.loads(storage.get(key))
+        if len(_functions) >= 32:
+            _functions.pop(next(iter(_functions)))
+        _functions[key] = fn
+    return fn
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self, buffer: io.StringIO):
+        super().__init__(logging.NOTSET)
+        self.buffer = buffer
+        self.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.buffer.write(self.format(record) + "\n")
+
+
+def _run(fn, payload: bytes, call_id: int) -> wire.CallRecord:
+    """Run one call, capturing what it prints and logs, and encode its outcome."""
+    out, err, logs = io.StringIO(), io.StringIO(), io.StringIO()
+    capture = _LogCapture(logs)
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                args, kwargs = serialize.loads(payload)
+                args, kwargs = resolve(args, kwargs)
+                value = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - a user's SystemExit comes home too
+                record = wire.failure_record(call_id, exc, traceback.format_exc())
+            else:
+                try:
+                    blob = serialize.dumps(value, f"the result of call {call_id}")
+                    record = wire.CallRecord(call_id=call_id, ok=True, value_blob=blob)
+                except SerializationError as exc:
+                    record = wire.failure_record(call_id, exc, traceback.format_exc())
+    finally:
+        root.removeHandler(capture)
+    record.stdout, record.stderr, record.logs = out.getvalue(), err.getvalue(), logs.getvalue()
+    return record
+
+
+def _write(storage: Storage, job_id: str, record: wire.CallRecord, started: float,
+           bytes_in: int, warm: bool, attempt: int, options: dict) -> None:
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    wire.write_record(storage, job_id, record, started=started, bytes_in=bytes_in,
+                      worker=WORKER_ID, warm=warm, attempt=attempt, peak_memory_mb=peak_mb)

@@ -1,0 +1,72 @@
+"""The universal handler on its own: one event in, one result and one status per call out."""
+from __future__ import annotations
+
+import json
+
+import cloudpickle
+import pytest
+
+from lambdamap import RuntimeMismatchError, wire
+from lambdamap.collector import outcome
+from lambdamap.storage import LocalStorage
+from runtime_layer.handler import handler
+
+
+def make_job(storage, calls, fn=lambda x: x + 1):
+    storage.put(wire.fn_key("job1", "f"), cloudpickle.dumps(fn))
+    blob = wire.pack_batch([(cid, cloudpickle.dumps(((x,), {}))) for cid, x in calls])
+    storage.put(wire.args_key("job1", 0), blob)
+    return wire.make_event(storage=storage.spec(), job_id="job1", fn=wire.fn_key("job1", "f"),
+                           args=wire.args_key("job1", 0), byte_range=(0, len(blob)),
+                           calls=[cid for cid, _ in calls])
+
+
+def records(storage):
+    return {wire.call_id_of(k): wire.decode_record(storage.get(k))
+            for k in storage.list("jobs/job1/result/")}
+
+
+def test_event_is_small_json_with_keys_not_data(tmp_path):
+    event = make_job(LocalStorage(tmp_path), [(0, "x" * 100_000)], fn=len)
+    assert len(json.dumps(event)) < 1000
+    assert event["wire_version"] == wire.WIRE_VERSION
+
+
+def test_handler_writes_result_and_status_per_call(tmp_path):
+    store = LocalStorage(tmp_path)
+    summary = handler(make_job(store, [(0, 1), (1, 2), (2, 3)]))
+    assert summary["calls"] == 3
+    recs = records(store)
+    assert [outcome(recs[i])[0] for i in range(3)] == [2, 3, 4]
+    status = wire.decode_status(store.get(wire.status_key("job1", 1)))
+    for field in ("started", "finished", "duration", "peak_memory_mb", "worker", "warm",
+                  "bytes_in", "bytes_out", "attempt"):
+        assert field in status
+    assert status["ok"] is True and status["finished"] >= status["started"]
+
+
+def test_same_batch_delivered_twice_keeps_exactly_one_result(tmp_path):
+    store = LocalStorage(tmp_path)
+    event = make_job(store, [(0, 1), (1, 2)])
+    handler(event)
+    first = records(store)
+    handler(event)  # at-least-once delivery: a duplicate
+    second = records(store)
+    assert {k: r.status for k, r in first.items()} == {k: r.status for k, r in second.items()}
+    assert len(store.list("jobs/job1/status/")) == 2
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("python", "2.7", r"client runs Python 2\.7, this runtime runs Python 3\.\d+"),
+    ("wire_version", 999, r"client sent version 999, this runtime speaks version 1"),
+])
+def test_handler_refuses_a_mismatched_client_naming_both_versions(tmp_path, field, value, message):
+    store = LocalStorage(tmp_path)
+    event = dict(make_job(store, [(0, 1), (1, 2)]), **{field: value})
+    handler(event)
+    recs = records(store)
+    assert set(recs) == {0, 1}
+    for rec in recs.values():
+        _, error = outcome(rec)
+        assert isinstance(error, RuntimeMismatchError)
+        assert error.args and __import__("re").search(message, str(error))
