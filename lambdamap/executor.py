@@ -73,14 +73,19 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, backend: str | Backend = "local", *, storage: Storage | str | None = None,
                  workers: int | None = None, function_timeout: float | None = None,
                  max_retries: int = 2, keep_data: bool = False,
-                 poll_interval: tuple[float, float] | None = None):
+                 poll_interval: tuple[float, float] | None = None,
+                 lost_after_margin: float = 30.0, **backend_options: Any):
         self.job_id = secrets.token_hex(12)  # unguessable: other users cannot find its objects
         self.keep_data = keep_data
         self.max_retries = max_retries
+        self.lost_after_margin = lost_after_margin
+        self.backend = _make_backend(backend, workers=workers, function_timeout=function_timeout,
+                                     **backend_options)
+        if storage is None:
+            storage = self.backend.default_storage()
         self._own_folder = storage is None
         self.storage = _make_storage(storage)
         self._storage_spec = self.storage.spec()
-        self.backend = _make_backend(backend, workers=workers, function_timeout=function_timeout)
 
         self._lock = threading.RLock()
         self._calls: dict[int, _Call] = {}
@@ -90,12 +95,16 @@ class Executor(concurrent.futures.Executor):
         self._next_blob = 0
         self._uploaded: set[str] = set()
         self._shutdown = False
+        self._released = False
+        # Invocations awaiting their calls' reports, with the time after which they count as lost
+        # (only for backends that cannot report losses themselves).
+        self._deadlines: dict[int, tuple[dict, float]] = {}
 
         local = isinstance(self.storage, LocalStorage)
         interval = poll_interval or ((0.002, 0.1) if local else (0.05, 2.0))
         self._collector = Collector(self.storage, self.job_id, self._on_record, self._pending,
                                     self._low_pending, min_interval=interval[0],
-                                    max_interval=interval[1])
+                                    max_interval=interval[1], on_idle_poll=self._check_deadlines)
         try:
             self.backend.start(self)
         except BaseException:
@@ -257,7 +266,34 @@ class Executor(concurrent.futures.Executor):
 
     def _launch(self, blob: bytes, events: list[dict]) -> None:
         self.storage.put(events[0]["args"], blob)
+        self._invoke(events)
+
+    def _invoke(self, events: list[dict]) -> None:
+        if not self.backend.reports_losses:
+            deadline = time.monotonic() + (self.backend.function_timeout or 900) + self.lost_after_margin
+            with self._lock:
+                for event in events:
+                    self._deadlines[id(event)] = (event, deadline)
         self.backend.invoke(events)
+
+    def _check_deadlines(self) -> None:
+        """Declare lost the invocations whose calls stayed silent past their deadline."""
+        if not self._deadlines:
+            return
+        now = time.monotonic()
+        with self._lock:
+            expired = []
+            for key, (event, deadline) in list(self._deadlines.items()):
+                if not any(cid in self._pending for cid in event["calls"]):
+                    del self._deadlines[key]
+                elif now > deadline:
+                    del self._deadlines[key]
+                    expired.append(event)
+        for event in expired:
+            self.invocation_lost(event, (
+                f"no report within {self.backend.function_timeout} s (the function time-out) plus "
+                f"{self.lost_after_margin} s: the invocation probably timed out, ran out of memory "
+                "or was never delivered"), timed_out=False)
 
     # -- collecting ------------------------------------------------------------------------------
 
@@ -319,12 +355,12 @@ class Executor(concurrent.futures.Executor):
         else:
             log.warning("call %d of job %s lost (%s); running it again", culprit, self.job_id, cause)
             rest = unfinished
-        if rest and not self._shutdown_released():
+        if rest and not self._released:
             retry = dict(event, calls=rest, attempt=event.get("attempt", 0) + 1)
             with self._lock:
                 for cid in rest:
                     self._calls[cid].event = retry
-            self.backend.invoke([retry])
+            self._invoke([retry])
         self.wake()
 
     def _fail(self, call_id: int, error: Exception, event: dict) -> None:
@@ -332,9 +368,6 @@ class Executor(concurrent.futures.Executor):
         record = wire.failure_record(call_id, error)
         wire.write_record(self.storage, self.job_id, record, started=time.time(), bytes_in=0,
                           worker="client", warm=False, attempt=event.get("attempt", 0))
-
-    def _shutdown_released(self) -> bool:
-        return getattr(self, "_released", False)
 
     # -- cleaning up -------------------------------------------------------------------------------
 
@@ -369,14 +402,22 @@ def _make_storage(storage: Storage | str | None) -> Storage:
 
 
 def _make_backend(backend: str | Backend, *, workers: int | None,
-                  function_timeout: float | None) -> Backend:
+                  function_timeout: float | None, **options: Any) -> Backend:
     if isinstance(backend, Backend):
+        if options:
+            raise TypeError(f"unexpected options {sorted(options)} with a Backend instance")
         return backend
     if backend == "local":
         from .backends.local import LocalBackend
 
+        if options:
+            raise TypeError(f"unexpected options {sorted(options)} for the local backend")
         return LocalBackend(workers, function_timeout=function_timeout)
-    raise ValueError(f"unknown backend {backend!r}: use 'local' or a Backend instance")
+    if backend == "aws":
+        from .backends.aws import AWSBackend
+
+        return AWSBackend.from_settings(function_timeout=function_timeout, **options)
+    raise ValueError(f"unknown backend {backend!r}: use 'local', 'aws' or a Backend instance")
 
 
 def _dump_arguments(fn: Callable, args: tuple, kwargs: dict, call_id: int) -> bytes:

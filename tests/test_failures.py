@@ -60,3 +60,43 @@ def test_call_past_the_function_timeout_fails_and_the_worker_is_replaced():
         assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 2] == [0, 1, 3, 4, 5]
         assert set(ex.backend.pids) != pids_before  # a fresh worker took the killed one's place
         assert ex.submit(abs, -4).result(timeout=30) == 4
+
+
+class DroppingBackend(__import__("lambdamap.backends.local", fromlist=["LocalBackend"]).LocalBackend):
+    """A backend that silently loses some invocations and cannot tell (like Lambda's async queue)."""
+
+    reports_losses = False
+
+    def __init__(self, drop_first_n: int, **kw):
+        super().__init__(2, **kw)
+        self.to_drop = drop_first_n
+        self.dropped = 0
+
+    def invoke(self, events):
+        kept = []
+        for event in events:
+            if self.dropped < self.to_drop and event["attempt"] == 0:
+                self.dropped += 1
+            else:
+                kept.append(event)
+        super().invoke(kept)
+
+
+def test_silently_lost_invocations_are_re_invoked_after_their_deadline():
+    backend = DroppingBackend(drop_first_n=3, function_timeout=0.5)
+    with Executor(backend, lost_after_margin=0.5) as ex:
+        start = time.monotonic()
+        assert list(ex.map(abs, range(-20, 0), chunksize=2)) == list(range(20, 0, -1))
+        assert time.monotonic() - start > 1.0  # the dropped ones waited for their deadline
+        assert backend.dropped == 3
+        assert (ex.metrics()["attempt"] == 1).sum() == 6
+
+
+def test_invocations_that_never_report_fail_with_a_clear_error():
+    class BlackHole(DroppingBackend):
+        def invoke(self, events):
+            self.dropped += len(events)
+
+    with Executor(BlackHole(0, function_timeout=0.2), lost_after_margin=0.2, max_retries=1) as ex:
+        with pytest.raises(WorkerLostError, match=r"call 0 .*lost 2 times.*no report within"):
+            ex.submit(abs, -1).result(timeout=30)

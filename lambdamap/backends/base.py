@@ -25,6 +25,14 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     function_timeout: float | None = None
+    #: True if the backend itself reports lost invocations (the local backend sees its workers
+    #: die). Otherwise the executor treats an invocation as lost when its calls have not reported
+    #: within ``function_timeout`` plus a margin.
+    reports_losses: bool = False
+
+    def default_storage(self):
+        """The store to use when the executor is given none (e.g. the deployment's bucket)."""
+        return None
 
     def start(self, listener: InvocationListener) -> None:
         """Begin work; ``listener`` receives losses and wake-ups."""

@@ -44,6 +44,7 @@ class LocalBackend(Backend):
     """
 
     name = "local"
+    reports_losses = True
 
     def __init__(self, workers: int | None = None, *, function_timeout: float | None = None):
         self.workers = workers or os.cpu_count() or 1
