@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -326,8 +327,8 @@ class Executor(concurrent.futures.Executor):
 
     # -- the InvocationListener interface (called from the backend's threads) ---------------------
 
-    def wake(self) -> None:
-        self._collector.wake()
+    def wake(self, finished=None) -> None:
+        self._collector.wake(finished)
 
     def invocation_lost(self, event: dict, cause: str, timed_out: bool) -> None:
         """Re-invoke the unfinished calls of a lost invocation, or fail the one that was running.
@@ -386,9 +387,29 @@ class Executor(concurrent.futures.Executor):
 # ----------------------------------------------------------------------------------------------
 
 
+def default_store_dir() -> str | None:
+    """Where the embedded store's temporary folder goes.
+
+    ``$LAMBDAMAP_STORE_DIR`` if set; else ``/dev/shm`` (RAM-backed: creating a small file there
+    takes ~20 µs against ~600 µs on a disk with ``discard``) when it is writable with at least
+    1 GiB free; else the system's temporary folder.
+    """
+    chosen = os.environ.get("LAMBDAMAP_STORE_DIR")
+    if chosen:
+        return chosen
+    shm = "/dev/shm"
+    try:
+        stats = os.statvfs(shm)
+        if os.access(shm, os.W_OK) and stats.f_bavail * stats.f_frsize >= 2**30:
+            return shm
+    except OSError:
+        pass
+    return None
+
+
 def _make_storage(storage: Storage | str | None) -> Storage:
     if storage is None:
-        return LocalStorage(tempfile.mkdtemp(prefix="lambdamap-"))
+        return LocalStorage(tempfile.mkdtemp(prefix="lambdamap-", dir=default_store_dir()))
     if isinstance(storage, Storage):
         return storage
     if isinstance(storage, str) and storage.startswith("s3://"):

@@ -68,19 +68,25 @@ def _load_function(storage: Storage, key: str):
 
 
 class _LogCapture(logging.Handler):
-    def __init__(self, buffer: io.StringIO):
+    """Collects the log records of the call being run (one instance, a fresh buffer per call)."""
+
+    def __init__(self):
         super().__init__(logging.NOTSET)
-        self.buffer = buffer
+        self.buffer = io.StringIO()
         self.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.buffer.write(self.format(record) + "\n")
 
 
+_log_capture = _LogCapture()
+
+
 def _run(fn, payload: bytes, call_id: int) -> wire.CallRecord:
     """Run one call, capturing what it prints and logs, and encode its outcome."""
     out, err, logs = io.StringIO(), io.StringIO(), io.StringIO()
-    capture = _LogCapture(logs)
+    capture = _log_capture
+    capture.buffer = logs
     root = logging.getLogger()
     root.addHandler(capture)
     try:

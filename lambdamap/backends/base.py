@@ -11,8 +11,12 @@ class InvocationListener(Protocol):
     def invocation_lost(self, event: dict, cause: str, timed_out: bool) -> None:
         """The invocation of ``event`` ended without running all its calls (process died, ...)."""
 
-    def wake(self) -> None:
-        """Something probably finished: look at the store now rather than at the next poll."""
+    def wake(self, finished: Sequence[int] | None = None) -> None:
+        """Something finished: look at the store now rather than at the next poll.
+
+        ``finished`` may name the call ids known to have written their status, so that the
+        collector reads their results directly instead of listing the store.
+        """
 
 
 class Backend(abc.ABC):

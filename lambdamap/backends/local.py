@@ -28,11 +28,16 @@ log = logging.getLogger(__name__)
 WORKER_START_TIMEOUT = 60.0
 
 
+# Events sent to a worker ahead of time: while it runs one, the next waits in its pipe, so the
+# worker never idles for a round trip through the dispatcher.
+PREFETCH = 2
+
+
 class _Worker:
     def __init__(self, proc: subprocess.Popen, conn):
         self.proc, self.conn = proc, conn
-        self.job: tuple[int, dict] | None = None  # (seq, event) being run
-        self.since = 0.0
+        self.jobs: collections.deque[tuple[int, dict]] = collections.deque()  # [0] is running
+        self.since = 0.0  # when jobs[0] started
         self.timed_out = False
 
 
@@ -155,31 +160,37 @@ class LocalBackend(Backend):
                 except (EOFError, OSError):
                     self._replace(worker)
                     continue
-                event = worker.job[1]
-                worker.job = None
+                _, event = worker.jobs.popleft()
+                worker.since = time.monotonic()
                 if failure:
                     self.listener.invocation_lost(event, f"the handler failed:\n{failure}", False)
-                self.listener.wake()
+                else:
+                    self.listener.wake(event["calls"])
             self._enforce_timeout()
 
     def _hand_out(self) -> None:
-        for worker in self._pool:
-            if worker.job is not None:
-                continue
-            with self._lock:
-                if not self._pending:
-                    return
-                job = self._pending.popleft()
-            worker.job, worker.since = job, time.monotonic()
-            try:
-                worker.conn.send(job)
-            except OSError:
-                pass  # the worker died; its connection will read as closed and it is replaced
+        # Fill every worker's first slot before any second one, so that a short job still
+        # spreads over all workers.
+        for depth in range(1, PREFETCH + 1):
+            for worker in self._pool:
+                if len(worker.jobs) >= depth:
+                    continue
+                with self._lock:
+                    if not self._pending:
+                        return
+                    job = self._pending.popleft()
+                if not worker.jobs:
+                    worker.since = time.monotonic()
+                worker.jobs.append(job)
+                try:
+                    worker.conn.send(job)
+                except OSError:
+                    pass  # the worker died; its connection reads as closed and it is replaced
 
     def _next_deadline(self) -> float | None:
         if not self.function_timeout:
             return None
-        busy = [w.since for w in self._pool if w.job is not None]
+        busy = [w.since for w in self._pool if w.jobs]
         if not busy:
             return None
         return max(0.0, min(busy) + self.function_timeout - time.monotonic()) + 0.01
@@ -189,7 +200,7 @@ class LocalBackend(Backend):
             return
         now = time.monotonic()
         for worker in self._pool:
-            if worker.job is not None and now - worker.since > self.function_timeout:
+            if worker.jobs and now - worker.since > self.function_timeout:
                 worker.timed_out = True
                 worker.proc.kill()  # its connection now reads as closed: replaced in _dispatch
 
@@ -208,8 +219,11 @@ class LocalBackend(Backend):
         if not self._closed:
             proc = self._spawn()
             self._pool[index] = self._accept({proc.pid: proc})
-        if worker.job is not None:
-            self.listener.invocation_lost(worker.job[1], cause, worker.timed_out)
+        if worker.jobs:
+            _, running = worker.jobs.popleft()
+            with self._lock:  # the prefetched ones never started: they simply go first again
+                self._pending.extendleft(reversed(worker.jobs))
+            self.listener.invocation_lost(running, cause, worker.timed_out)
         self.listener.wake()
 
 

@@ -1,9 +1,9 @@
 """A folder as the object store: the embedded default, no account, no network."""
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-import uuid
 
 from .base import Storage
 
@@ -20,12 +20,13 @@ class LocalStorage(Storage):
         self.root = os.path.abspath(os.fspath(root))
         os.makedirs(self.root, exist_ok=True)
         self._made_dirs: set[str] = set()
+        self._tmp_names = itertools.count()  # next() on a count is atomic: safe across threads
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.root!r})"
 
     def _path(self, key: str) -> str:
-        if key.startswith("/") or ".." in key.split("/"):
+        if key.startswith("/") or (".." in key and ".." in key.split("/")):
             raise ValueError(f"invalid storage key {key!r}")
         return os.path.join(self.root, key)
 
@@ -35,7 +36,7 @@ class LocalStorage(Storage):
         if folder not in self._made_dirs:
             os.makedirs(folder, exist_ok=True)
             self._made_dirs.add(folder)
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+        tmp = os.path.join(folder, f".tmp-{os.getpid()}-{id(self)}-{next(self._tmp_names)}")
         with open(tmp, "wb") as f:
             f.write(data)
         if not if_absent:
