@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -75,8 +76,10 @@ class Executor(concurrent.futures.Executor):
                  workers: int | None = None, function_timeout: float | None = None,
                  max_retries: int = 2, keep_data: bool = False,
                  poll_interval: tuple[float, float] | None = None,
-                 lost_after_margin: float = 30.0, **backend_options: Any):
-        self.job_id = secrets.token_hex(12)  # unguessable: other users cannot find its objects
+                 lost_after_margin: float = 30.0, _job_id: str | None = None,
+                 **backend_options: Any):
+        # Unguessable, so that nobody else can find the job's objects.
+        self.job_id = _job_id or secrets.token_hex(12)
         self.keep_data = keep_data
         self.max_retries = max_retries
         self.lost_after_margin = lost_after_margin
@@ -189,6 +192,51 @@ class Executor(concurrent.futures.Executor):
         remember(key, obj, len(blob))
         return ObjectRef(key, self._storage_spec, len(blob))
 
+    # -- recovering a job ------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, job_id: str, *, storage: Storage | str, backend: str | Backend = "local",
+               **options: Any) -> "Executor":
+        """Take over a job whose client went away (crashed, restarted) from its store.
+
+        Finished calls are read back from the store; every unfinished call is invoked again
+        (at-least-once: if its first invocation is in fact still running, whichever finishes
+        first gives the one result). ``ex.futures`` lists the job's futures in call order::
+
+            ex = Executor.attach("3f2a...", storage="s3://my-bucket/lambdamap", backend="aws")
+            results = [f.result() for f in ex.futures]
+
+        The job must have been run with ``keep_data=True`` or its client must have died before
+        its cleanup; the attached executor cleans up as usual when it shuts down.
+        """
+        ex = cls(backend, storage=storage, _job_id=job_id, **options)
+        manifests = ex.storage.list(f"{wire.job_prefix(job_id)}manifest/")
+        if not manifests:
+            ex.shutdown()
+            raise ValueError(f"no job {job_id!r} in {ex.storage!r}: nothing to attach to")
+        events = [e for key in manifests for e in json.loads(ex.storage.get(key))]
+        done = {wire.call_id_of(k) for k in ex.storage.list(wire.status_prefix(job_id))}
+        with ex._lock:
+            for event in events:
+                for cid in event["calls"]:
+                    ex._register(_Call(CallFuture(cid), event, time.time(), 0))
+            ex._next_call = max(c for e in events for c in e["calls"]) + 1
+            ex._next_blob = int(manifests[-1].rsplit("/", 1)[1]) + 1
+        rerun = [dict(e, calls=todo, attempt=e.get("attempt", 0) + 1) for e in events
+                 if (todo := [c for c in e["calls"] if c not in done])]
+        log.info("attached to job %s: %d calls, %d finished, %d invocations re-run", job_id,
+                 len(ex._calls), len(done), len(rerun))
+        if rerun:
+            ex._invoke(rerun)
+        ex.wake()
+        return ex
+
+    @property
+    def futures(self) -> list[CallFuture]:
+        """Every future of this executor, in call order."""
+        with self._lock:
+            return [self._calls[cid].future for cid in sorted(self._calls)]
+
     # -- diagnostics ---------------------------------------------------------------------------
 
     def metrics(self) -> pd.DataFrame:
@@ -267,6 +315,8 @@ class Executor(concurrent.futures.Executor):
 
     def _launch(self, blob: bytes, events: list[dict]) -> None:
         self.storage.put(events[0]["args"], blob)
+        blob_no = int(events[0]["args"].rsplit("/", 1)[1])
+        self.storage.put(wire.manifest_key(self.job_id, blob_no), json.dumps(events).encode())
         self._invoke(events)
 
     def _invoke(self, events: list[dict]) -> None:

@@ -6,6 +6,8 @@ Layout of one job (everything below ``jobs/<job_id>/``, an unguessable random id
     obj/<sha256>       objects passed by reference (``Executor.put``), stored once
     args/<blob>        argument batches: concatenated pickles, one per batch; an event names
                        its batch by byte range, so one upload serves many invocations
+    manifest/<blob>    JSON list of the events of that blob: lets a restarted client find every
+                       call of the job again (``Executor.attach``)
     result/<call>      one pickled :class:`CallRecord` per call (value or exception + output)
     status/<call>      one small JSON status per call, written after the result: its presence
                        means "finished"; the collector lists this prefix to learn what is done
@@ -48,6 +50,10 @@ def obj_key(job_id: str, digest: str) -> str:
 
 def args_key(job_id: str, blob: int) -> str:
     return f"jobs/{job_id}/args/{blob:0{CALL_ID_WIDTH}d}"
+
+
+def manifest_key(job_id: str, blob: int) -> str:
+    return f"jobs/{job_id}/manifest/{blob:0{CALL_ID_WIDTH}d}"
 
 
 def result_key(job_id: str, call_id: int) -> str:

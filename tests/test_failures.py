@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from lambdamap import CallTimeoutError, Executor, WorkerLostError
+from lambdamap import CallTimeoutError, Executor, WorkerLostError, wire
+from lambdamap.backends.local import LocalBackend
+from lambdamap.collector import outcome
 
 
 def kill_own_worker_once(x, marker_dir):
@@ -62,7 +64,7 @@ def test_call_past_the_function_timeout_fails_and_the_worker_is_replaced():
         assert ex.submit(abs, -4).result(timeout=30) == 4
 
 
-class DroppingBackend(__import__("lambdamap.backends.local", fromlist=["LocalBackend"]).LocalBackend):
+class DroppingBackend(LocalBackend):
     """A backend that silently loses some invocations and cannot tell (like Lambda's async queue)."""
 
     reports_losses = False
@@ -100,3 +102,66 @@ def test_invocations_that_never_report_fail_with_a_clear_error():
     with Executor(BlackHole(0, function_timeout=0.2), lost_after_margin=0.2, max_retries=1) as ex:
         with pytest.raises(WorkerLostError, match=r"call 0 .*lost 2 times.*no report within"):
             ex.submit(abs, -1).result(timeout=30)
+
+
+def test_duplicate_delivery_gives_each_future_exactly_one_result():
+    class DuplicatingBackend(LocalBackend):
+        def invoke(self, events):
+            super().invoke(list(events) + list(events))  # every batch delivered twice
+
+    with Executor(DuplicatingBackend(2), keep_data=True) as ex:
+        futures = ex.map_futures(lambda x: (x, os.getpid(), time.time()), range(200), chunksize=3)
+        results = [f.result(timeout=60) for f in futures]
+        stored = [wire.decode_record(ex.storage.get(wire.result_key(ex.job_id, i))) for i in range(200)]
+    assert [r[0] for r in results] == list(range(200))
+    # the future's value is the stored (first-written) one, not the duplicate's
+    assert [tuple(outcome(rec)[0]) for rec in stored] == [tuple(r) for r in results]
+
+
+CLIENT_SCRIPT = """
+import sys, time
+from lambdamap import Executor
+
+def slow_square(x):
+    time.sleep(0.02)
+    return x * x
+
+ex = Executor(workers=2, storage=sys.argv[1], keep_data=True)
+print(ex.job_id, flush=True)
+futures = ex.map_futures(slow_square, range(200), chunksize=2)
+time.sleep(600)  # killed long before
+"""
+
+
+def test_client_restarted_mid_job_attach_recovers_every_result(tmp_path):
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    client = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(store)],
+                              stdout=subprocess.PIPE, text=True)
+    job_id = client.stdout.readline().strip()
+    status_dir = store / "jobs" / job_id / "status"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(status_dir.glob("*")) if status_dir.exists() else []) < 30:
+        time.sleep(0.05)
+    import psutil
+
+    workers = psutil.Process(client.pid).children()
+    assert len(workers) == 2
+    client.kill()  # the client dies mid-job; its workers follow it
+    client.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "worker processes outlived their client"
+    finished_before = len(list(status_dir.glob("*")))
+    assert 30 <= finished_before < 200
+
+    with Executor.attach(job_id, storage=str(store), workers=2) as ex:
+        futures = ex.futures
+        assert [f.result(timeout=120) for f in futures] == [x * x for x in range(200)]
+    assert not (store / "jobs" / job_id).exists()  # cleaned up after recovery
+
+
+def test_attach_to_an_unknown_job_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no job 'nope'"):
+        Executor.attach("nope", storage=str(tmp_path))

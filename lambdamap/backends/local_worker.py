@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -29,7 +30,25 @@ class LocalContext:
         return int((self._deadline - time.time()) * 1000) if self._deadline else 2**31
 
 
+def _die_with_parent() -> None:
+    """Exit when the client process dies, even in the middle of a call: no worker outlives it.
+
+    (``prctl(PR_SET_PDEATHSIG)`` would fire when the *thread* that started the worker ends,
+    which is wrong for executors created in short-lived threads; polling the parent is not.)
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="lambdamap-parent-watch").start()
+
+
 def main() -> None:
+    _die_with_parent()
     address, timeout = sys.argv[1], float(sys.argv[2]) or None
     authkey = bytes.fromhex(sys.stdin.readline().strip())
     from runtime_layer.handler import handler  # imported before connecting: start-up is "cold"
