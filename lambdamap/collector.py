@@ -13,8 +13,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from . import serialize, wire
-from .errors import RemoteError, RemoteTraceback
+from . import serialize, signing, wire
+from .errors import IntegrityError, RemoteError, RemoteTraceback
 from .storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,31 @@ class Collector:
             return 0
         keys = [wire.result_key(self.job_id, cid) for cid in done]
         blobs = map(self.storage.get, keys) if self._fetcher is None else self._fetcher.map(self.storage.get, keys)
-        for blob in blobs:
-            self.on_record(wire.decode_record(blob))
+        signing_key = signing.key_for(self.job_id)
+        for cid, key, blob in zip(done, keys, blobs):
+            try:
+                record = wire.decode_record(blob, signing_key, key)
+            except IntegrityError as exc:
+                record = self._refused(cid, exc)
+            self.on_record(record)
         return len(done)
+
+    def _refused(self, call_id: int, exc: IntegrityError) -> wire.CallRecord:
+        """A failure record for a result that failed authentication; it is never unpickled.
+
+        The status JSON (plain text, never unpickled) may say what the runtime reported, e.g. a
+        runtime without the signing key; that text is added as a hint.
+        """
+        hint = ""
+        try:
+            status = wire.decode_status(self.storage.get(wire.status_key(self.job_id, call_id)))
+            if status.get("error_type"):
+                hint = f" (its status says the runtime reported {status['error_type']})"
+        except Exception:  # noqa: BLE001 - the hint is best effort
+            pass
+        error = IntegrityError(f"the result of call {call_id}: {exc}{hint}")
+        return wire.CallRecord(call_id=call_id, ok=False, error_blob=serialize.dumps(error, "error"),
+                               error_type="lambdamap.errors.IntegrityError", error_message=str(error))
 
 
 def outcome(record: wire.CallRecord):

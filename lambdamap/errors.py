@@ -29,6 +29,10 @@ class StorageError(LambdamapError):
     """The object store failed or is misconfigured (missing bucket, no credentials, ...)."""
 
 
+class IntegrityError(LambdamapError):
+    """A stored object failed authentication (HMAC) and was not unpickled."""
+
+
 class PayloadTooLargeError(LambdamapError, ValueError):
     """An argument or result is larger than the configured limit."""
 

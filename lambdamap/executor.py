@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from . import serialize, wire
+from . import serialize, signing, wire
 from .backends.base import Backend
 from .collector import Collector, outcome
 from .errors import CallTimeoutError, SerializationError, WorkerLostError
@@ -70,25 +70,34 @@ class Executor(concurrent.futures.Executor):
             :class:`WorkerLostError`.
         keep_data: keep the job's objects in the store after shutdown (default: delete them).
         poll_interval: ``(min, max)`` seconds between the collector's polls of the store.
+        lost_after_margin: for backends that cannot see a lost invocation (AWS): seconds past
+            the function time-out after which a silent invocation counts as lost.
+        signing_key: the HMAC key for payload integrity (default: the backend's; the local
+            backend makes a random one).
+        backend_options: passed to the backend (e.g. ``function_name``, ``bucket`` for AWS).
     """
 
     def __init__(self, backend: str | Backend = "local", *, storage: Storage | str | None = None,
                  workers: int | None = None, function_timeout: float | None = None,
                  max_retries: int = 2, keep_data: bool = False,
                  poll_interval: tuple[float, float] | None = None,
-                 lost_after_margin: float = 30.0, _job_id: str | None = None,
-                 **backend_options: Any):
+                 lost_after_margin: float = 30.0, signing_key: bytes | None = None,
+                 _job_id: str | None = None, **backend_options: Any):
         # Unguessable, so that nobody else can find the job's objects.
         self.job_id = _job_id or secrets.token_hex(12)
         self.keep_data = keep_data
         self.max_retries = max_retries
         self.lost_after_margin = lost_after_margin
+        if signing_key is not None:
+            backend_options["signing_key"] = signing_key
         self.backend = _make_backend(backend, workers=workers, function_timeout=function_timeout,
                                      **backend_options)
         if storage is None:
             storage = self.backend.default_storage()
         self._own_folder = storage is None
         self.storage = _make_storage(storage)
+        self._key = self.backend.signing_key()
+        signing.register_job(self.job_id, self._key)
         self._storage_spec = self.storage.spec()
 
         self._lock = threading.RLock()
@@ -151,10 +160,7 @@ class Executor(concurrent.futures.Executor):
                     progress: bool = False) -> list[CallFuture]:
         """Schedule ``fn`` over the zipped iterables and return the futures (PyWren style)."""
         calls = [(args, {}) for args in zip(*iterables)]
-        futures = self._schedule(fn, calls, chunksize=chunksize)
-        if progress:
-            _attach_progress_bar(futures, getattr(fn, "__name__", "calls"))
-        return futures
+        return self._schedule(fn, calls, chunksize=chunksize, progress=progress)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; by default wait for the calls, then free workers and data."""
@@ -186,9 +192,7 @@ class Executor(concurrent.futures.Executor):
         """
         blob = serialize.dumps(obj, "object")
         key = wire.obj_key(self.job_id, serialize.digest(blob))
-        if key not in self._uploaded:
-            self.storage.put(key, blob)
-            self._uploaded.add(key)
+        self._upload_once(key, blob)
         remember(key, obj, len(blob))
         return ObjectRef(key, self._storage_spec, len(blob))
 
@@ -207,14 +211,17 @@ class Executor(concurrent.futures.Executor):
             results = [f.result() for f in ex.futures]
 
         The job must have been run with ``keep_data=True`` or its client must have died before
-        its cleanup; the attached executor cleans up as usual when it shuts down.
+        its cleanup; the attached executor cleans up as usual when it shuts down. Its payloads
+        are checked with the deployment's key; for a local job pass the original executor's
+        ``signing_key``.
         """
         ex = cls(backend, storage=storage, _job_id=job_id, **options)
         manifests = ex.storage.list(f"{wire.job_prefix(job_id)}manifest/")
         if not manifests:
             ex.shutdown()
             raise ValueError(f"no job {job_id!r} in {ex.storage!r}: nothing to attach to")
-        events = [e for key in manifests for e in json.loads(ex.storage.get(key))]
+        events = [e for key in manifests
+                  for e in json.loads(signing.unseal(ex._key, key, ex.storage.get(key)))]
         done = {wire.call_id_of(k) for k in ex.storage.list(wire.status_prefix(job_id))}
         with ex._lock:
             for event in events:
@@ -230,6 +237,11 @@ class Executor(concurrent.futures.Executor):
             ex._invoke(rerun)
         ex.wake()
         return ex
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The HMAC key this executor's payloads are sealed with (keep it to ``attach`` later)."""
+        return self._key
 
     @property
     def futures(self) -> list[CallFuture]:
@@ -260,8 +272,8 @@ class Executor(concurrent.futures.Executor):
 
     # -- scheduling ------------------------------------------------------------------------------
 
-    def _schedule(self, fn: Callable, calls: list[tuple[tuple, dict]],
-                  chunksize: int) -> list[CallFuture]:
+    def _schedule(self, fn: Callable, calls: list[tuple[tuple, dict]], chunksize: int,
+                  progress: bool = False) -> list[CallFuture]:
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
         if self._shutdown:
@@ -276,21 +288,25 @@ class Executor(concurrent.futures.Executor):
         payloads = [_dump_arguments(fn, args, kwargs, first + i) for i, (args, kwargs) in enumerate(calls)]
 
         futures: list[CallFuture] = []
+        tick = _progress_bar(len(calls), getattr(fn, "__name__", "calls")) if progress else None
         blob, events, blob_no = bytearray(), [], None
         for start in range(0, len(payloads), chunksize):
             if blob_no is None:
                 with self._lock:
                     blob_no, self._next_blob = self._next_blob, self._next_blob + 1
             ids = range(first + start, first + min(start + chunksize, len(payloads)))
-            packed = wire.pack_batch([(cid, payloads[cid - first]) for cid in ids])
+            args = wire.args_key(self.job_id, blob_no)
+            packed = wire.pack_batch([(cid, payloads[cid - first]) for cid in ids], self._key,
+                                     wire.batch_label(args, len(blob)))
             event = wire.make_event(storage=self._storage_spec, job_id=self.job_id, fn=fn_key,
-                                    args=wire.args_key(self.job_id, blob_no),
-                                    byte_range=(len(blob), len(blob) + len(packed)), calls=list(ids))
+                                    args=args, byte_range=(len(blob), len(blob) + len(packed)),
+                                    calls=list(ids), signed=self._key is not None)
             blob += packed
             events.append(event)
             now = time.time()
             for cid in ids:
                 future = CallFuture(cid)
+                future.on_collected = tick
                 futures.append(future)
                 self._register(_Call(future, event, now, len(payloads[cid - first])))
             if len(blob) >= ARGS_BLOB_BYTES:
@@ -303,10 +319,14 @@ class Executor(concurrent.futures.Executor):
     def _upload_function(self, fn: Callable) -> str:
         blob = serialize.dumps(fn, f"function {getattr(fn, '__qualname__', fn)!r}:")
         key = wire.fn_key(self.job_id, serialize.digest(blob))
-        if key not in self._uploaded:
-            self.storage.put(key, blob)
-            self._uploaded.add(key)
+        self._upload_once(key, blob)
         return key
+
+    def _upload_once(self, key: str, blob: bytes) -> None:
+        """Store a content-addressed blob, sealed, unless this executor already did."""
+        if key not in self._uploaded:
+            self.storage.put(key, signing.seal(self._key, key, blob))
+            self._uploaded.add(key)
 
     def _register(self, call: _Call) -> None:
         with self._lock:
@@ -316,7 +336,8 @@ class Executor(concurrent.futures.Executor):
     def _launch(self, blob: bytes, events: list[dict]) -> None:
         self.storage.put(events[0]["args"], blob)
         blob_no = int(events[0]["args"].rsplit("/", 1)[1])
-        self.storage.put(wire.manifest_key(self.job_id, blob_no), json.dumps(events).encode())
+        manifest = wire.manifest_key(self.job_id, blob_no)
+        self.storage.put(manifest, signing.seal(self._key, manifest, json.dumps(events).encode()))
         self._invoke(events)
 
     def _invoke(self, events: list[dict]) -> None:
@@ -363,6 +384,8 @@ class Executor(concurrent.futures.Executor):
         future = call.future
         future.stdout, future.stderr, future.logs = record.stdout, record.stderr, record.logs
         future.status, future.remote_traceback = record.status, record.traceback
+        if future.on_collected is not None:
+            future.on_collected(future)
         if not future.set_running_or_notify_cancel():
             return  # cancelled while it ran: its result is dropped
         try:
@@ -424,6 +447,7 @@ class Executor(concurrent.futures.Executor):
 
     def _release(self) -> None:
         self._released = True
+        signing.forget_job(self.job_id)
         self._collector.stop()
         self.backend.close()
         if not self.keep_data:
@@ -481,9 +505,10 @@ def _make_backend(backend: str | Backend, *, workers: int | None,
     if backend == "local":
         from .backends.local import LocalBackend
 
+        signing_key = options.pop("signing_key", None)
         if options:
             raise TypeError(f"unexpected options {sorted(options)} for the local backend")
-        return LocalBackend(workers, function_timeout=function_timeout)
+        return LocalBackend(workers, function_timeout=function_timeout, signing_key=signing_key)
     if backend == "aws":
         from .backends.aws import AWSBackend
 
@@ -514,18 +539,18 @@ def _result_or_cancel(future: concurrent.futures.Future, timeout: float | None) 
         del future  # break a reference cycle with the exception's traceback
 
 
-def _attach_progress_bar(futures: list[CallFuture], label: str) -> None:
+def _progress_bar(total: int, label: str) -> Callable[[CallFuture], None]:
+    """A tqdm bar over ``total`` calls; returns the hook that ticks it once per collected call."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(futures), desc=label, unit="call")
+    bar = tqdm(total=total, desc=label, unit="call")
     counter = itertools.count(1)
     lock = threading.Lock()
 
-    def tick(_future):
+    def tick(_future: CallFuture) -> None:
         with lock:
             bar.update(1)
-            if next(counter) == len(futures):
+            if next(counter) == total:
                 bar.close()
 
-    for future in futures:
-        future.add_done_callback(tick)
+    return tick

@@ -25,6 +25,9 @@ class CallFuture(concurrent.futures.Future):
         self.logs = ""
         self.status: dict = {}
         self.remote_traceback = ""
+        # Called by the collector just before the future is resolved (progress bars use it: a
+        # done-callback would run only after waiters have already been woken).
+        self.on_collected = None
 
     def __repr__(self) -> str:
         return super().__repr__().replace("<Future", f"<CallFuture call={self.call_id}", 1)

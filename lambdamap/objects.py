@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from . import serialize
+from . import serialize, signing
 from .storage import storage_from_spec
 
 _CACHE_LIMIT_BYTES = int(os.environ.get("LAMBDAMAP_OBJECT_CACHE_MB", "1024")) * 2**20
@@ -39,7 +39,9 @@ class ObjectRef:
             if hit is not None:
                 _cache.move_to_end(self.key)
                 return hit[0]
-        obj = serialize.loads(storage_from_spec(self.storage).get(self.key))
+        job_id = self.key.split("/")[1]  # jobs/<job_id>/obj/<digest>
+        blob = storage_from_spec(self.storage).get(self.key)
+        obj = serialize.loads(signing.unseal(signing.key_for(job_id), self.key, blob))
         remember(self.key, obj, self.nbytes)
         return obj
 

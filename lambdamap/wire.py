@@ -25,7 +25,8 @@ import time
 import traceback as traceback_module
 from dataclasses import dataclass, field
 
-from .errors import RuntimeMismatchError
+from . import signing
+from .errors import IntegrityError, RuntimeMismatchError
 
 WIRE_VERSION = 1
 CALL_ID_WIDTH = 8  # zero-padded so that keys sort in call order
@@ -78,7 +79,8 @@ def call_id_of(key: str) -> int:
 
 
 def make_event(*, storage: dict, job_id: str, fn: str, args: str, byte_range: tuple[int, int],
-               calls: list[int], attempt: int = 0, options: dict | None = None) -> dict:
+               calls: list[int], attempt: int = 0, options: dict | None = None,
+               signed: bool = False) -> dict:
     """The JSON event of one invocation: which function, which argument batch, which calls.
 
     ``calls`` are the call ids of the batch to run (a retry may run only the unfinished ones).
@@ -94,6 +96,7 @@ def make_event(*, storage: dict, job_id: str, fn: str, args: str, byte_range: tu
         "calls": list(calls),
         "attempt": attempt,
         "options": options or {},
+        "signed": signed,
     }
 
 
@@ -111,18 +114,30 @@ def check_event(event: dict) -> None:
             f"Python version mismatch: the client runs Python {theirs_py}, this runtime runs "
             f"Python {python_version()}; cloudpickle does not travel across Python versions, so "
             f"deploy a runtime for Python {theirs_py} (`lambdamap deploy` uses the client's version)")
+    has_key = signing.key_for(event.get("job_id", "")) is not None
+    if event.get("signed") and not has_key:
+        raise IntegrityError(
+            "the client signs its payloads but this runtime has no signing key: redeploy "
+            f"(`lambdamap deploy`) or give the function the client's key in {signing.SIGNING_KEY_ENV}")
+    if has_key and not event.get("signed"):
+        raise IntegrityError("this runtime has a signing key and refuses unsigned jobs: give the "
+                             "client the deployment's key (`lambdamap deploy` stores it)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Argument batches: one pickled list of (call_id, payload) per batch; payload = pickled (args, kwargs)
 
 
-def pack_batch(calls: list[tuple[int, bytes]]) -> bytes:
-    return pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+def batch_label(args: str, start: int) -> str:
+    return f"{args}@{start}"
 
 
-def unpack_batch(data: bytes) -> list[tuple[int, bytes]]:
-    return pickle.loads(data)
+def pack_batch(calls: list[tuple[int, bytes]], key: bytes | None = None, label: str = "") -> bytes:
+    return signing.seal(key, label, pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def unpack_batch(data: bytes, key: bytes | None = None, label: str = "") -> list[tuple[int, bytes]]:
+    return pickle.loads(signing.unseal(key, label, data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,12 +166,12 @@ class CallRecord:
     status: dict = field(default_factory=dict)
 
 
-def encode_record(record: CallRecord) -> bytes:
-    return pickle.dumps(record.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+def encode_record(record: CallRecord, key: bytes | None = None, label: str = "") -> bytes:
+    return signing.seal(key, label, pickle.dumps(record.__dict__, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def decode_record(data: bytes) -> CallRecord:
-    return CallRecord(**pickle.loads(data))
+def decode_record(data: bytes, key: bytes | None = None, label: str = "") -> CallRecord:
+    return CallRecord(**pickle.loads(signing.unseal(key, label, data)))
 
 
 def make_status(*, call_id: int, ok: bool, started: float, finished: float, peak_memory_mb: float,
@@ -207,7 +222,8 @@ def write_record(storage, job_id: str, record: CallRecord, *, started: float, by
         call_id=record.call_id, ok=record.ok, started=started, finished=time.time(),
         peak_memory_mb=round(peak_memory_mb, 1), worker=worker, warm=warm, bytes_in=bytes_in,
         bytes_out=len(blob or b""), attempt=attempt, error_type=record.error_type)
-    won = storage.put(result_key(job_id, record.call_id), encode_record(record), if_absent=True)
+    key = result_key(job_id, record.call_id)
+    won = storage.put(key, encode_record(record, signing.key_for(job_id), key), if_absent=True)
     # The status follows even if another delivery won the result: that one may have died between
     # its two writes, and a result without a status would never be collected.
     storage.put(status_key(job_id, record.call_id), encode_status(record.status), if_absent=True)

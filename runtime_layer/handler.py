@@ -16,7 +16,7 @@ import socket
 import time
 import traceback
 
-from lambdamap import serialize, wire
+from lambdamap import serialize, signing, wire
 from lambdamap.errors import SerializationError
 from lambdamap.objects import resolve
 from lambdamap.storage import Storage, storage_from_spec
@@ -38,8 +38,11 @@ def handler(event: dict, context=None) -> dict:
     calls = event["calls"]
     try:
         wire.check_event(event)
-        fn = _load_function(storage, event["fn"])
-        batch = dict(wire.unpack_batch(storage.get(event["args"], tuple(event["range"]))))
+        key = signing.key_for(job_id)
+        fn = _load_function(storage, event["fn"], key)
+        start, end = event["range"]
+        batch = dict(wire.unpack_batch(storage.get(event["args"], (start, end)), key,
+                                       wire.batch_label(event["args"], start)))
     except BaseException as exc:  # a job-level failure: every call of the batch reports it
         log.error("invocation of job %s failed before its calls ran: %s", job_id, exc)
         started = time.time()
@@ -57,10 +60,10 @@ def handler(event: dict, context=None) -> dict:
     return {"calls": len(calls), "warm": _invocations > 1, "worker": WORKER_ID, "failed": False}
 
 
-def _load_function(storage: Storage, key: str):
+def _load_function(storage: Storage, key: str, signing_key: bytes | None):
     fn = _functions.get(key)
     if fn is None:
-        fn = serialize.loads(storage.get(key))
+        fn = serialize.loads(signing.unseal(signing_key, key, storage.get(key)))
         if len(_functions) >= 32:
             _functions.pop(next(iter(_functions)))
         _functions[key] = fn

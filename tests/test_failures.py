@@ -112,7 +112,8 @@ def test_duplicate_delivery_gives_each_future_exactly_one_result():
     with Executor(DuplicatingBackend(2), keep_data=True) as ex:
         futures = ex.map_futures(lambda x: (x, os.getpid(), time.time()), range(200), chunksize=3)
         results = [f.result(timeout=60) for f in futures]
-        stored = [wire.decode_record(ex.storage.get(wire.result_key(ex.job_id, i))) for i in range(200)]
+        stored = [wire.decode_record(ex.storage.get(wire.result_key(ex.job_id, i)), ex.signing_key,
+                                     wire.result_key(ex.job_id, i)) for i in range(200)]
     assert [r[0] for r in results] == list(range(200))
     # the future's value is the stored (first-written) one, not the duplicate's
     assert [tuple(outcome(rec)[0]) for rec in stored] == [tuple(r) for r in results]
@@ -127,7 +128,7 @@ def slow_square(x):
     return x * x
 
 ex = Executor(workers=2, storage=sys.argv[1], keep_data=True)
-print(ex.job_id, flush=True)
+print(ex.job_id, ex.signing_key.hex(), flush=True)
 futures = ex.map_futures(slow_square, range(200), chunksize=2)
 time.sleep(600)  # killed long before
 """
@@ -140,7 +141,7 @@ def test_client_restarted_mid_job_attach_recovers_every_result(tmp_path):
     store = tmp_path / "store"
     client = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(store)],
                               stdout=subprocess.PIPE, text=True)
-    job_id = client.stdout.readline().strip()
+    job_id, key = client.stdout.readline().split()
     status_dir = store / "jobs" / job_id / "status"
     deadline = time.time() + 60
     while time.time() < deadline and len(list(status_dir.glob("*")) if status_dir.exists() else []) < 30:
@@ -156,7 +157,7 @@ def test_client_restarted_mid_job_attach_recovers_every_result(tmp_path):
     finished_before = len(list(status_dir.glob("*")))
     assert 30 <= finished_before < 200
 
-    with Executor.attach(job_id, storage=str(store), workers=2) as ex:
+    with Executor.attach(job_id, storage=str(store), workers=2, signing_key=bytes.fromhex(key)) as ex:
         futures = ex.futures
         assert [f.result(timeout=120) for f in futures] == [x * x for x in range(200)]
     assert not (store / "jobs" / job_id).exists()  # cleaned up after recovery

@@ -34,6 +34,10 @@ class Backend(abc.ABC):
     #: within ``function_timeout`` plus a margin.
     reports_losses: bool = False
 
+    def signing_key(self) -> bytes | None:
+        """The deployment's HMAC key (see :mod:`lambdamap.signing`); None runs jobs unsigned."""
+        return None
+
     def default_storage(self):
         """The store to use when the executor is given none (e.g. the deployment's bucket)."""
         return None

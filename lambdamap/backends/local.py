@@ -21,6 +21,7 @@ import time
 from multiprocessing.connection import Listener, wait
 from typing import Sequence
 
+from .. import signing
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,17 @@ class LocalBackend(Backend):
     """Run invocations in ``workers`` local processes (default: one per core).
 
     ``function_timeout`` (seconds, default none) is enforced like Lambda's: an invocation running
-    longer is killed and reported as timed out.
+    longer is killed and reported as timed out. ``signing_key`` (default: a random one) is the
+    HMAC key shared with the workers.
     """
 
     name = "local"
     reports_losses = True
 
-    def __init__(self, workers: int | None = None, *, function_timeout: float | None = None):
+    def __init__(self, workers: int | None = None, *, function_timeout: float | None = None,
+                 signing_key: bytes | None = None):
         self.workers = workers or os.cpu_count() or 1
+        self._signing_key = signing_key or signing.new_key()
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.function_timeout = function_timeout
@@ -84,7 +88,8 @@ class LocalBackend(Backend):
             [sys.executable, "-m", "lambdamap.backends.local_worker", self._listener.address,
              str(self.function_timeout or 0)],
             stdin=subprocess.PIPE, env=_worker_env(), start_new_session=True)
-        proc.stdin.write(self._authkey.hex().encode() + b"\n")
+        # Secrets travel on stdin: never in argv or the environment of the client.
+        proc.stdin.write(self._authkey.hex().encode() + b"\n" + self._signing_key.hex().encode() + b"\n")
         proc.stdin.close()
         return proc
 
@@ -128,6 +133,9 @@ class LocalBackend(Backend):
             self._listener.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def signing_key(self) -> bytes:
+        return self._signing_key
 
     @property
     def pids(self) -> list[int]:

@@ -51,6 +51,7 @@ def main() -> None:
     _die_with_parent()
     address, timeout = sys.argv[1], float(sys.argv[2]) or None
     authkey = bytes.fromhex(sys.stdin.readline().strip())
+    os.environ["LAMBDAMAP_SIGNING_KEY"] = sys.stdin.readline().strip()  # the runtime's key
     from runtime_layer.handler import handler  # imported before connecting: start-up is "cold"
 
     conn = Client(address, authkey=authkey)

@@ -1,0 +1,229 @@
+"""The AWS backend: one asynchronous Lambda invocation of the universal handler per batch.
+
+``invoke`` queues events; a bounded pool of threads sends each with
+``lambda.invoke(InvocationType="Event")`` and returns as soon as Lambda has accepted it (HTTP 202).
+Events carry keys, never data: the arguments are already in S3, so an event is a few hundred
+bytes, far below Lambda's asynchronous payload limit. Results travel only through S3.
+
+Failures, and who handles them:
+
+* throttling (429 ``TooManyRequestsException``), Lambda's 5xx and connection faults while sending
+  an invocation: retried here with exponential back-off and full jitter, ``invoke_attempts`` times
+  (botocore's own retries are off, so the two loops do not multiply); after the last attempt the
+  invocation is reported lost (``listener.invocation_lost``), and the executor's bounded retry of
+  the calls applies: they run again, or fail with an error that names the call and the cause;
+* an invocation that Lambda accepted but that never reports (time-out, out of memory, dropped by
+  the asynchronous queue): Lambda cannot tell the client, so ``reports_losses`` is False and the
+  executor declares it lost when its calls stay silent past ``function_timeout`` plus a margin;
+* a duplicated delivery (asynchronous invoke is at-least-once): the handler's first-writer-wins
+  writes keep exactly one result per call.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set,
+                      wait_random_exponential)
+
+from .. import __version__, wire
+from ..config import Settings
+from ..errors import LambdamapError, PayloadTooLargeError, RuntimeMismatchError
+from ..storage import S3Storage
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+#: Lambda's limit for an asynchronous (``Event``) payload: 256 KB for years, 1 MB since late 2025;
+#: the smaller one keeps lambdamap working in every region and account.
+MAX_EVENT_BYTES = 256 * 1024
+#: When the function's time-out cannot be read (no permission), assume Lambda's maximum.
+FALLBACK_FUNCTION_TIMEOUT = 900.0
+
+_THROTTLE_CODES = {"TooManyRequestsException", "Throttling", "ThrottlingException",
+                   "EC2ThrottledException", "RequestLimitExceeded"}
+_TRANSIENT_CODES = _THROTTLE_CODES | {"ServiceException", "ServiceUnavailable", "InternalFailure",
+                                      "EC2UnexpectedException", "ResourceNotReadyException"}
+
+
+def _error_code(exc: BaseException) -> str | None:
+    from botocore.exceptions import ClientError
+
+    return exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+
+
+def _status(exc: BaseException) -> int:
+    response = getattr(exc, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+
+
+def _is_throttle(exc: BaseException) -> bool:
+    return _error_code(exc) in _THROTTLE_CODES or _status(exc) == 429
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Throttling, server faults and broken connections: worth another attempt."""
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
+    from botocore.exceptions import ReadTimeoutError
+
+    if isinstance(exc, (BotoConnectionError, ReadTimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, ClientError):
+        return _is_throttle(exc) or _error_code(exc) in _TRANSIENT_CODES or _status(exc) >= 500
+    return False
+
+
+def lambda_client(settings: Settings, max_pool_connections: int = 10):
+    """A Lambda client with botocore's retries off: callers retry with tenacity, visibly."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "max_attempts": 1},
+                    max_pool_connections=max_pool_connections, connect_timeout=10, read_timeout=70)
+    return boto3.session.Session().client("lambda", region_name=settings.region,
+                                          endpoint_url=settings.lambda_endpoint_url, config=config)
+
+
+def encode_event(event: dict) -> bytes:
+    """The event as JSON; refuse one over Lambda's asynchronous payload limit."""
+    payload = json.dumps(event, separators=(",", ":")).encode()
+    if len(payload) > MAX_EVENT_BYTES:
+        raise PayloadTooLargeError(
+            f"the invocation event for calls {event['calls'][0]}..{event['calls'][-1]} is "
+            f"{len(payload):,} bytes, over Lambda's asynchronous limit of {MAX_EVENT_BYTES:,}: "
+            f"use a smaller chunksize (it lists {len(event['calls'])} call ids)")
+    return payload
+
+
+class AWSBackend(Backend):
+    """Run invocations on the deployed Lambda function (``lambdamap deploy``).
+
+    Example::
+
+        with Executor(backend="aws", function_name="lambdamap", bucket="my-bucket",
+                      region="eu-central-1") as ex:
+            results = list(ex.map(simulate, range(10_000), chunksize=10))
+
+    Settings come from :class:`lambdamap.config.Settings` (arguments, ``LAMBDAMAP_*``
+    variables, config file). ``function_timeout`` defaults to the function's configured time-out.
+    """
+
+    name = "aws"
+    reports_losses = False
+
+    def __init__(self, settings: Settings, *, function_timeout: float | None = None):
+        self.settings = settings
+        self.function_timeout = function_timeout
+        self.function_config: dict = {}
+        self._closing = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._client = None
+
+    @classmethod
+    def from_settings(cls, *, function_timeout: float | None = None, **options: Any) -> AWSBackend:
+        """Resolve the settings from ``options``, the environment and the config file."""
+        return cls(Settings.resolve(**options), function_timeout=function_timeout)
+
+    def __repr__(self) -> str:
+        return f"AWSBackend(function={self.settings.function_name!r}, region={self.settings.region!r})"
+
+    def default_storage(self) -> S3Storage:
+        s = self.settings
+        storage = S3Storage(s.require_bucket(), s.prefix, region=s.region,
+                            endpoint_url=s.s3_endpoint_url,
+                            max_pool_connections=max(64, s.invoke_threads))
+        storage.check()  # a missing bucket fails here, clearly, not in the first invocation
+        return storage
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, listener) -> None:
+        super().start(listener)
+        threads = self.settings.invoke_threads
+        self._client = lambda_client(self.settings, max_pool_connections=threads + 2)
+        self._inspect_function()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lambdamap-invoke")
+
+    def _inspect_function(self) -> None:
+        """Read the function's time-out and check that its runtime speaks the client's format."""
+        from botocore.exceptions import ClientError
+
+        name = self.settings.function_name
+        try:
+            self.function_config = self._retrying()(self._client.get_function_configuration,
+                                                  FunctionName=name)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code == "ResourceNotFoundException":
+                raise LambdamapError(
+                    f"Lambda function {name!r} does not exist in region {self._client.meta.region_name}: "
+                    "deploy it with `lambdamap deploy` (see docs/aws.md)") from exc
+            if code not in ("AccessDeniedException", "AccessDenied"):
+                raise
+            log.warning("cannot read the configuration of %r (%s); assuming a time-out of %s s",
+                        name, code, self.function_timeout or FALLBACK_FUNCTION_TIMEOUT)
+        if self.function_timeout is None:
+            self.function_timeout = float(self.function_config.get("Timeout") or FALLBACK_FUNCTION_TIMEOUT)
+        deployed = (self.function_config.get("Environment") or {}).get("Variables") or {}
+        theirs = {"wire": deployed.get("LAMBDAMAP_WIRE_VERSION"), "python": deployed.get("LAMBDAMAP_PYTHON")}
+        ours = {"wire": str(wire.WIRE_VERSION), "python": wire.python_version()}
+        if any(theirs[k] is not None and theirs[k] != ours[k] for k in ours):
+            raise RuntimeMismatchError(
+                f"function {name!r} runs wire format {theirs['wire']} on Python {theirs['python']}, "
+                f"this client speaks wire format {ours['wire']} on Python {ours['python']}: run "
+                "`lambdamap deploy` from this environment")
+        if deployed.get("LAMBDAMAP_VERSION") not in (None, __version__):
+            log.warning("function %r runs lambdamap %s, this client is %s (same wire format: ok)",
+                        name, deployed["LAMBDAMAP_VERSION"], __version__)
+
+    def close(self) -> None:
+        self._closing.set()  # ends back-off sleeps at once
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- invoking ----------------------------------------------------------------------------------
+
+    def invoke(self, events: Sequence[dict]) -> None:
+        if self._closing.is_set():
+            raise RuntimeError("cannot invoke: the AWS backend is closed")
+        payloads = [encode_event(event) for event in events]  # refuse before sending any
+        for event, payload in zip(events, payloads):
+            self._pool.submit(self._send, event, payload)
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self.settings.invoke_attempts) | stop_when_event_set(self._closing),
+            wait=wait_random_exponential(multiplier=0.1, max=5.0),
+            sleep=self._closing.wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+    def _send(self, event: dict, payload: bytes) -> None:
+        """Send one invocation, retrying transient faults; report it lost if that fails."""
+        retrying = self._retrying()
+        try:
+            retrying(self._client.invoke, FunctionName=self.settings.function_name,
+                     InvocationType="Event", Payload=payload)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a reported loss
+            if self._closing.is_set():
+                return
+            attempts = retrying.statistics.get("attempt_number", 1)
+            self.listener.invocation_lost(event, self._describe(exc, attempts), timed_out=False)
+
+    def _describe(self, exc: Exception, attempts: int) -> str:
+        code = _error_code(exc)
+        what = f"{code}: {exc}" if code else f"{type(exc).__name__}: {exc}"
+        if _is_throttle(exc):
+            return (f"invocation of {self.settings.function_name!r} throttled on all {attempts} "
+                    f"attempts ({what}); raise the function's concurrency limit or send fewer "
+                    "invocations at once (larger chunksize)")
+        return f"invoking {self.settings.function_name!r} failed after {attempts} attempt(s): {what}"
+
+
+def _log_retry(state) -> None:
+    log.warning("Lambda invoke failed (%s); retry %d", state.outcome.exception(), state.attempt_number)
