@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from . import serialize, signing, wire
 from .backends.base import Backend
 from .collector import Collector, outcome
-from .errors import CallTimeoutError, SerializationError, WorkerLostError
+from .errors import CallTimeoutError, PayloadTooLargeError, SerializationError, WorkerLostError
 from .futures import CallFuture
 from .objects import ObjectRef, remember
 from .storage import LocalStorage, S3Storage, Storage
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Argument batches are uploaded in blobs of about this size; one blob serves many invocations.
 ARGS_BLOB_BYTES = 8 * 2**20
+# Default bounds on one call's pickled arguments and result; larger data goes by reference.
+MAX_ARGUMENT_BYTES = 64 * 2**20
+MAX_RESULT_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Executor(concurrent.futures.Executor):
             the function time-out after which a silent invocation counts as lost.
         signing_key: the HMAC key for payload integrity (default: the backend's; the local
             backend makes a random one).
+        max_argument_bytes, max_result_bytes: bounds on one call's pickled arguments (checked
+            before anything is uploaded) and result (checked by the runtime): beyond them the
+            call fails with :class:`PayloadTooLargeError`. Pass large inputs with :meth:`put`.
         backend_options: passed to the backend (e.g. ``function_name``, ``bucket`` for AWS).
     """
 
@@ -82,12 +88,15 @@ class Executor(concurrent.futures.Executor):
                  max_retries: int = 2, keep_data: bool = False,
                  poll_interval: tuple[float, float] | None = None,
                  lost_after_margin: float = 30.0, signing_key: bytes | None = None,
+                 max_argument_bytes: int = MAX_ARGUMENT_BYTES,
+                 max_result_bytes: int = MAX_RESULT_BYTES,
                  _job_id: str | None = None, **backend_options: Any):
         # Unguessable, so that nobody else can find the job's objects.
         self.job_id = _job_id or secrets.token_hex(12)
         self.keep_data = keep_data
         self.max_retries = max_retries
         self.lost_after_margin = lost_after_margin
+        self.max_argument_bytes, self.max_result_bytes = max_argument_bytes, max_result_bytes
         if signing_key is not None:
             backend_options["signing_key"] = signing_key
         self.backend = _make_backend(backend, workers=workers, function_timeout=function_timeout,
@@ -286,8 +295,15 @@ class Executor(concurrent.futures.Executor):
             self._next_call += len(calls)
         # Pickle every argument before anything is invoked: a bad one fails the whole map early.
         payloads = [_dump_arguments(fn, args, kwargs, first + i) for i, (args, kwargs) in enumerate(calls)]
+        for i, payload in enumerate(payloads):
+            if len(payload) > self.max_argument_bytes:
+                raise PayloadTooLargeError(
+                    f"the arguments of call {first + i} pickle to {_mb(len(payload))}, above "
+                    f"max_argument_bytes={_mb(self.max_argument_bytes)}: pass large data by "
+                    "reference (ref = ex.put(data)) or raise the limit; nothing was submitted")
 
         futures: list[CallFuture] = []
+        options = {"max_result_bytes": self.max_result_bytes}  # one dict shared by the events
         tick = _progress_bar(len(calls), getattr(fn, "__name__", "calls")) if progress else None
         blob, events, blob_no = bytearray(), [], None
         for start in range(0, len(payloads), chunksize):
@@ -300,7 +316,8 @@ class Executor(concurrent.futures.Executor):
                                      wire.batch_label(args, len(blob)))
             event = wire.make_event(storage=self._storage_spec, job_id=self.job_id, fn=fn_key,
                                     args=args, byte_range=(len(blob), len(blob) + len(packed)),
-                                    calls=list(ids), signed=self._key is not None)
+                                    calls=list(ids), signed=self._key is not None,
+                                    options=options)
             blob += packed
             events.append(event)
             now = time.time()
@@ -381,6 +398,7 @@ class Executor(concurrent.futures.Executor):
         if call is None:
             return
         call.status = record.status
+        call.event = None  # only needed to re-run the call; the event may be large-ish
         future = call.future
         future.stdout, future.stderr, future.logs = record.stdout, record.stderr, record.logs
         future.status, future.remote_traceback = record.status, record.traceback
@@ -527,6 +545,10 @@ def _dump_arguments(fn: Callable, args: tuple, kwargs: dict, call_id: int) -> by
     for label, value in named:
         serialize.dumps(value, f"{label} of call {call_id} to {getattr(fn, '__qualname__', fn)}:")
     raise SerializationError(f"cannot serialize the arguments of call {call_id}")
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
 
 
 def _result_or_cancel(future: concurrent.futures.Future, timeout: float | None) -> Any:

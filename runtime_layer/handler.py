@@ -17,7 +17,7 @@ import time
 import traceback
 
 from lambdamap import serialize, signing, wire
-from lambdamap.errors import SerializationError
+from lambdamap.errors import PayloadTooLargeError, SerializationError
 from lambdamap.objects import resolve
 from lambdamap.storage import Storage, storage_from_spec
 
@@ -54,7 +54,7 @@ def handler(event: dict, context=None) -> dict:
     for call_id in calls:
         payload = batch[call_id]
         started = time.time()
-        record = _run(fn, payload, call_id)
+        record = _run(fn, payload, call_id, options.get("max_result_bytes"))
         _write(storage, job_id, record, started, len(payload), warm, attempt, options)
         warm = True  # the first call of a cold invocation paid the start-up; the rest did not
     return {"calls": len(calls), "warm": _invocations > 1, "worker": WORKER_ID, "failed": False}
@@ -85,7 +85,7 @@ class _LogCapture(logging.Handler):
 _log_capture = _LogCapture()
 
 
-def _run(fn, payload: bytes, call_id: int) -> wire.CallRecord:
+def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None) -> wire.CallRecord:
     """Run one call, capturing what it prints and logs, and encode its outcome."""
     out, err, logs = io.StringIO(), io.StringIO(), io.StringIO()
     capture = _log_capture
@@ -103,8 +103,13 @@ def _run(fn, payload: bytes, call_id: int) -> wire.CallRecord:
             else:
                 try:
                     blob = serialize.dumps(value, f"the result of call {call_id}")
+                    if max_result_bytes and len(blob) > max_result_bytes:
+                        raise PayloadTooLargeError(
+                            f"the result of call {call_id} pickles to {len(blob) / 2**20:.1f} MiB, "
+                            f"above max_result_bytes={max_result_bytes / 2**20:.1f} MiB: return "
+                            "less (e.g. write large output to storage yourself) or raise the limit")
                     record = wire.CallRecord(call_id=call_id, ok=True, value_blob=blob)
-                except SerializationError as exc:
+                except (SerializationError, PayloadTooLargeError) as exc:
                     record = wire.failure_record(call_id, exc, traceback.format_exc())
     finally:
         root.removeHandler(capture)

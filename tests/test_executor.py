@@ -326,3 +326,28 @@ def test_end_to_end_on_s3_through_moto(s3_bucket):
         pids = ex.backend.pids
     assert all(pid != os.getpid() for pid in pids)
     assert store.list("") == []  # cleaned up
+
+
+# -- limits -------------------------------------------------------------------------------------------
+
+
+def test_oversize_argument_is_refused_before_upload(tmp_path):
+    from lambdamap import PayloadTooLargeError
+
+    store = LocalStorage(tmp_path)
+    with Executor(workers=1, storage=store, max_argument_bytes=1000) as ex:
+        with pytest.raises(PayloadTooLargeError, match=r"call 1 pickle to .*max_argument_bytes.*ex.put"):
+            ex.map_futures(len, [b"x", b"y" * 5000])
+        assert store.list(f"jobs/{ex.job_id}/args/") == []  # nothing was uploaded
+        ref = ex.put(b"y" * 5000)  # by reference, the same data is fine
+        assert ex.submit(len, ref).result(timeout=30) == 5000
+
+
+def test_oversize_result_is_a_clear_error_naming_the_call():
+    from lambdamap import PayloadTooLargeError
+
+    with Executor(workers=1, max_result_bytes=10_000) as ex:
+        futures = ex.map_futures(bytes, [10, 50_000])
+        assert futures[0].result(timeout=30) == bytes(10)
+        with pytest.raises(PayloadTooLargeError, match=r"result of call 1 pickles to .*max_result_bytes"):
+            futures[1].result(timeout=30)
