@@ -303,7 +303,9 @@ class Executor(concurrent.futures.Executor):
                     "reference (ref = ex.put(data)) or raise the limit; nothing was submitted")
 
         futures: list[CallFuture] = []
-        options = {"max_result_bytes": self.max_result_bytes}  # one dict shared by the events
+        # one dict shared by the events
+        options = {"max_result_bytes": self.max_result_bytes,
+                   "function_timeout": self.backend.function_timeout}
         tick = _progress_bar(len(calls), getattr(fn, "__name__", "calls")) if progress else None
         blob, events, blob_no = bytearray(), [], None
         for start in range(0, len(payloads), chunksize):

@@ -12,12 +12,14 @@ import io
 import logging
 import os
 import resource
+import signal
 import socket
+import threading
 import time
 import traceback
 
 from lambdamap import serialize, signing, wire
-from lambdamap.errors import PayloadTooLargeError, SerializationError
+from lambdamap.errors import CallTimeoutError, PayloadTooLargeError, SerializationError
 from lambdamap.objects import resolve
 from lambdamap.storage import Storage, storage_from_spec
 
@@ -51,13 +53,69 @@ def handler(event: dict, context=None) -> dict:
                    0, warm, attempt, options)
         return {"calls": len(calls), "warm": warm, "worker": WORKER_ID, "failed": True}
 
-    for call_id in calls:
+    deadline = _deadline(context)
+    for i, call_id in enumerate(calls):
+        if deadline is not None and time.monotonic() >= deadline:
+            return _summary(calls, warm, not_run=calls[i:])
         payload = batch[call_id]
         started = time.time()
-        record = _run(fn, payload, call_id, options.get("max_result_bytes"))
+        with _alarm_at(deadline):
+            record = _run(fn, payload, call_id, options.get("max_result_bytes"),
+                          timeout=options.get("function_timeout"))
         _write(storage, job_id, record, started, len(payload), warm, attempt, options)
         warm = True  # the first call of a cold invocation paid the start-up; the rest did not
-    return {"calls": len(calls), "warm": _invocations > 1, "worker": WORKER_ID, "failed": False}
+        if record.error_type == _TIMEOUT_TYPE:
+            return _summary(calls, warm, not_run=calls[i + 1:])
+    return _summary(calls, warm, not_run=[])
+
+
+def _summary(calls: list[int], warm: bool, not_run: list[int]) -> dict:
+    """What the invocation returns: counts, and the calls it had no time left to start."""
+    return {"calls": len(calls), "warm": warm, "worker": WORKER_ID, "failed": False,
+            "not_run": not_run}
+
+
+# -- the invocation's own deadline ----------------------------------------------------------------
+#
+# Lambda kills an invocation at its time-out and leaves nothing behind. The handler stops a call
+# a little earlier (SIGALRM), so that the call fails with a CallTimeoutError record naming it, and
+# the calls that did not start are returned as ``not_run`` instead of being lost with it.
+
+
+class _Deadline(BaseException):
+    """Raised by the alarm; a BaseException so that the user's ``except Exception`` can't eat it."""
+
+
+_TIMEOUT_TYPE = f"{CallTimeoutError.__module__}.{CallTimeoutError.__qualname__}"
+
+
+def _deadline(context) -> float | None:
+    """``time.monotonic()`` at which to stop: the remaining time less a margin (at most 2 s)."""
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining_ms is None:
+        return None
+    remaining = remaining_ms() / 1000
+    if remaining > 7 * 24 * 3600:  # "no limit"
+        return None
+    return time.monotonic() + remaining - min(2.0, 0.1 * remaining)
+
+
+@contextlib.contextmanager
+def _alarm_at(deadline: float | None):
+    if deadline is None or threading.current_thread() is not threading.main_thread():
+        yield  # signals only reach the main thread; the backend's hard limit still applies
+        return
+
+    def on_alarm(signum, frame):
+        raise _Deadline()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _load_function(storage: Storage, key: str, signing_key: bytes | None):
@@ -85,7 +143,8 @@ class _LogCapture(logging.Handler):
 _log_capture = _LogCapture()
 
 
-def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None) -> wire.CallRecord:
+def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None,
+         timeout: float | None = None) -> wire.CallRecord:
     """Run one call, capturing what it prints and logs, and encode its outcome."""
     out, err, logs = io.StringIO(), io.StringIO(), io.StringIO()
     capture = _log_capture
@@ -98,6 +157,11 @@ def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None) -> wire
                 args, kwargs = serialize.loads(payload)
                 args, kwargs = resolve(args, kwargs)
                 value = fn(*args, **kwargs)
+            except _Deadline:
+                error = CallTimeoutError(
+                    f"call {call_id} ran past the function time-out"
+                    f"{f' of {timeout} s' if timeout else ''} and was stopped")
+                record = wire.failure_record(call_id, error, traceback.format_exc())
             except BaseException as exc:  # noqa: BLE001 - a user's SystemExit comes home too
                 record = wire.failure_record(call_id, exc, traceback.format_exc())
             else:

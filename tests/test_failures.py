@@ -52,14 +52,34 @@ def test_call_that_always_kills_its_worker_fails_naming_the_call():
             [i for i in range(10) if i != 5]
 
 
-def test_call_past_the_function_timeout_fails_and_the_worker_is_replaced():
+def hangs_on_two_deaf_to_signals(x):
+    """Hangs with SIGALRM blocked, like C code that never returns to Python: only a kill stops it."""
+    if x == 2:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(600)
+    return x
+
+
+def test_call_past_the_function_timeout_is_stopped_by_the_runtime():
     with Executor(workers=2, function_timeout=1.0) as ex:
         pids_before = set(ex.backend.pids)
-        futures = ex.map_futures(hangs_on_two, range(6), chunksize=2)
-        with pytest.raises(CallTimeoutError, match=r"call 2 .*function time-out of 1.0 s") as info:
+        futures = ex.map_futures(hangs_on_two, range(200), chunksize=4)
+        with pytest.raises(CallTimeoutError, match=r"call 2 ran past the function time-out of 1.0 s") as info:
             futures[2].result(timeout=60)
         assert isinstance(info.value, TimeoutError)
-        assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 2] == [0, 1, 3, 4, 5]
+        assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 2] == \
+            [i for i in range(200) if i != 2]
+        assert set(ex.backend.pids) == pids_before  # stopped in time: no worker had to die
+
+
+def test_call_deaf_to_the_alarm_is_killed_and_the_worker_replaced():
+    with Executor(workers=2, function_timeout=1.0) as ex:
+        pids_before = set(ex.backend.pids)
+        futures = ex.map_futures(hangs_on_two_deaf_to_signals, range(200), chunksize=4)
+        with pytest.raises(CallTimeoutError, match=r"call 2 .*function time-out of 1.0 s"):
+            futures[2].result(timeout=60)
+        assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 2] == \
+            [i for i in range(200) if i != 2]
         assert set(ex.backend.pids) != pids_before  # a fresh worker took the killed one's place
         assert ex.submit(abs, -4).result(timeout=30) == 4
 

@@ -70,3 +70,31 @@ def test_handler_refuses_a_mismatched_client_naming_both_versions(tmp_path, fiel
         _, error = outcome(rec)
         assert isinstance(error, RuntimeMismatchError)
         assert error.args and __import__("re").search(message, str(error))
+
+
+class ShortContext:
+    """A Lambda-like context with one second left."""
+
+    def __init__(self, seconds):
+        self.end = __import__("time").time() + seconds
+
+    def get_remaining_time_in_millis(self):
+        return int((self.end - __import__("time").time()) * 1000)
+
+
+def test_handler_stops_a_call_before_the_invocation_times_out(tmp_path):
+    import time
+
+    from lambdamap import CallTimeoutError
+
+    store = LocalStorage(tmp_path)
+    event = make_job(store, [(0, 0.0), (1, 30.0), (2, 0.0)], fn=lambda s: time.sleep(s) or s)
+    started = time.monotonic()
+    summary = handler(event, ShortContext(1.0))
+    assert time.monotonic() - started < 5
+    assert summary["not_run"] == [2]  # handed back, not lost
+    recs = records(store)
+    assert outcome(recs[0])[0] == 0.0
+    _, error = outcome(recs[1])
+    assert isinstance(error, CallTimeoutError) and "call 1 ran past the function time-out" in str(error)
+    assert 2 not in recs

@@ -67,9 +67,11 @@ def _is_throttle(exc: BaseException) -> bool:
 def _is_transient(exc: BaseException) -> bool:
     """Throttling, server faults and broken connections: worth another attempt."""
     from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
-    from botocore.exceptions import ReadTimeoutError
+    from botocore.exceptions import HTTPClientError, ReadTimeoutError
 
-    if isinstance(exc, (BotoConnectionError, ReadTimeoutError, ConnectionError)):
+    # HTTPClientError covers ConnectionClosedError (a reset). Resending an Event invoke that Lambda
+    # may have accepted can deliver it twice, which the handler tolerates (first writer wins).
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ConnectionError)):
         return True
     if isinstance(exc, ClientError):
         return _is_throttle(exc) or _error_code(exc) in _TRANSIENT_CODES or _status(exc) >= 500
@@ -81,7 +83,7 @@ def lambda_client(settings: Settings, max_pool_connections: int = 10):
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"mode": "standard", "max_attempts": 1},
+    config = Config(retries={"mode": "standard", "total_max_attempts": 1},
                     max_pool_connections=max_pool_connections, connect_timeout=10, read_timeout=70)
     return boto3.session.Session().client("lambda", region_name=settings.region,
                                           endpoint_url=settings.lambda_endpoint_url, config=config)
@@ -129,6 +131,10 @@ class AWSBackend(Backend):
 
     def __repr__(self) -> str:
         return f"AWSBackend(function={self.settings.function_name!r}, region={self.settings.region!r})"
+
+    def signing_key(self) -> bytes | None:
+        """The deployment's key (``lambdamap deploy`` stored it in the config file)."""
+        return bytes.fromhex(self.settings.signing_key) if self.settings.signing_key else None
 
     def default_storage(self) -> S3Storage:
         s = self.settings

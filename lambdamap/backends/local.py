@@ -164,7 +164,7 @@ class LocalBackend(Backend):
                     continue
                 worker = next(w for w in self._pool if w.conn is obj)
                 try:
-                    _, seq, failure = worker.conn.recv()
+                    _, seq, failure, not_run = worker.conn.recv()
                 except (EOFError, OSError):
                     self._replace(worker)
                     continue
@@ -172,8 +172,12 @@ class LocalBackend(Backend):
                 worker.since = time.monotonic()
                 if failure:
                     self.listener.invocation_lost(event, f"the handler failed:\n{failure}", False)
-                else:
-                    self.listener.wake(event["calls"])
+                    continue
+                if not_run:  # the handler ran out of time before these started: run them again
+                    with self._lock:
+                        self._seq += 1
+                        self._pending.appendleft((self._seq, dict(event, calls=not_run)))
+                self.listener.wake([c for c in event["calls"] if c not in not_run])
             self._enforce_timeout()
 
     def _hand_out(self) -> None:

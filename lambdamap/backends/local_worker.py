@@ -62,10 +62,10 @@ def main() -> None:
             break
         seq, event = message
         try:
-            handler(event, LocalContext(timeout))
-            conn.send(("done", seq, None))
+            summary = handler(event, LocalContext(timeout))
+            conn.send(("done", seq, None, summary.get("not_run", [])))
         except BaseException:  # the store itself failed: the invocation is lost, say why
-            conn.send(("done", seq, traceback.format_exc()))
+            conn.send(("done", seq, traceback.format_exc(), []))
 
 
 if __name__ == "__main__":
