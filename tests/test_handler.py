@@ -6,17 +6,19 @@ import json
 import cloudpickle
 import pytest
 
-from lambdamap import RuntimeMismatchError, wire
+from lambdamap import RuntimeMismatchError, serialize, wire
 from lambdamap.collector import outcome
 from lambdamap.storage import LocalStorage
 from runtime_layer.handler import handler
 
 
 def make_job(storage, calls, fn=lambda x: x + 1):
-    storage.put(wire.fn_key("job1", "f"), cloudpickle.dumps(fn))
+    fn_blob = cloudpickle.dumps(fn)
+    fn_key = wire.fn_key("job1", serialize.digest(fn_blob))  # content-addressed, as the client does
+    storage.put(fn_key, fn_blob)
     blob = wire.pack_batch([(cid, cloudpickle.dumps(((x,), {}))) for cid, x in calls])
     storage.put(wire.args_key("job1", 0), blob)
-    return wire.make_event(storage=storage.spec(), job_id="job1", fn=wire.fn_key("job1", "f"),
+    return wire.make_event(storage=storage.spec(), job_id="job1", fn=fn_key,
                            args=wire.args_key("job1", 0), byte_range=(0, len(blob)),
                            calls=[cid for cid, _ in calls])
 

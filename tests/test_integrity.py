@@ -6,7 +6,7 @@ import pickle
 import cloudpickle
 import pytest
 
-from lambdamap import Executor, IntegrityError, signing, wire
+from lambdamap import Executor, IntegrityError, serialize, signing, wire
 from lambdamap.backends.local import LocalBackend
 from lambdamap.collector import outcome
 from lambdamap.storage import LocalStorage
@@ -85,10 +85,11 @@ def test_a_valid_result_moved_to_another_call_is_refused():
 
 
 def _unsigned_job(store, signed):
-    store.put(wire.fn_key("jobX", "f"), cloudpickle.dumps(abs))
+    fn_key = wire.fn_key("jobX", serialize.digest(cloudpickle.dumps(abs)))
+    store.put(fn_key, cloudpickle.dumps(abs))
     blob = wire.pack_batch([(0, cloudpickle.dumps(((-1,), {})))])
     store.put(wire.args_key("jobX", 0), blob)
-    return wire.make_event(storage=store.spec(), job_id="jobX", fn=wire.fn_key("jobX", "f"),
+    return wire.make_event(storage=store.spec(), job_id="jobX", fn=fn_key,
                            args=wire.args_key("jobX", 0), byte_range=(0, len(blob)), calls=[0],
                            signed=signed)
 
