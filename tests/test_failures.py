@@ -1,6 +1,12 @@
-"""Infrastructure failures on the local backend: killed workers and time-outs never hang the caller."""
+"""Fault injection on the local backend: every case runs >= 200 calls and checks every result.
+
+Killed workers, time-outs, silently lost and duplicated invocations, transient storage faults and
+a client restarted mid-job: each call's result is correct, or exactly the calls that failed get a
+clear error; nothing hangs. (The same faults on the AWS path are in tests/test_aws.py.)
+"""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import signal
 import time
@@ -10,6 +16,11 @@ import pytest
 from lambdamap import CallTimeoutError, Executor, WorkerLostError, wire
 from lambdamap.backends.local import LocalBackend
 from lambdamap.collector import outcome
+from lambdamap.storage import S3Storage
+
+from fault_injection import faulty_moto_server  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.faults
 
 
 def kill_own_worker_once(x, marker_dir):
@@ -35,21 +46,21 @@ def hangs_on_two(x):
 
 def test_worker_killed_mid_call_is_retried_and_nothing_is_lost(tmp_path):
     with Executor(workers=2) as ex:
-        results = list(ex.map(kill_own_worker_once, range(40), [str(tmp_path)] * 40, chunksize=3))
+        results = list(ex.map(kill_own_worker_once, range(200), [str(tmp_path)] * 200, chunksize=3))
         m = ex.metrics()
-    assert results == [2 * x for x in range(40)]
-    assert len(os.listdir(tmp_path)) == 4  # four calls were killed once each
-    assert (m["attempt"] > 0).sum() >= 4
+    assert results == [2 * x for x in range(200)]
+    assert len(os.listdir(tmp_path)) == 20  # twenty calls were killed once each
+    assert (m["attempt"] > 0).sum() >= 20
     assert m["ok"].all()
 
 
 def test_call_that_always_kills_its_worker_fails_naming_the_call():
     with Executor(workers=2, max_retries=2) as ex:
-        futures = ex.map_futures(always_killed, range(10), chunksize=2)
+        futures = ex.map_futures(always_killed, range(200), chunksize=2)
         with pytest.raises(WorkerLostError, match=r"call 5 .*lost 3 times.*SIGKILL"):
             futures[5].result(timeout=120)
         assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 5] == \
-            [i for i in range(10) if i != 5]
+            [i for i in range(200) if i != 5]
 
 
 def hangs_on_two_deaf_to_signals(x):
@@ -105,13 +116,13 @@ class DroppingBackend(LocalBackend):
 
 
 def test_silently_lost_invocations_are_re_invoked_after_their_deadline():
-    backend = DroppingBackend(drop_first_n=3, function_timeout=0.5)
+    backend = DroppingBackend(drop_first_n=10, function_timeout=0.5)
     with Executor(backend, lost_after_margin=0.5) as ex:
         start = time.monotonic()
-        assert list(ex.map(abs, range(-20, 0), chunksize=2)) == list(range(20, 0, -1))
+        assert list(ex.map(abs, range(-200, 0), chunksize=2)) == list(range(200, 0, -1))
         assert time.monotonic() - start > 1.0  # the dropped ones waited for their deadline
-        assert backend.dropped == 3
-        assert (ex.metrics()["attempt"] == 1).sum() == 6
+        assert backend.dropped == 10
+        assert (ex.metrics()["attempt"] == 1).sum() == 20
 
 
 def test_invocations_that_never_report_fail_with_a_clear_error():
@@ -186,3 +197,42 @@ def test_client_restarted_mid_job_attach_recovers_every_result(tmp_path):
 def test_attach_to_an_unknown_job_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no job 'nope'"):
         Executor.attach("nope", storage=str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["slowdown", "reset"])
+def test_transient_storage_faults_lose_nothing(faulty_moto_server, kind):
+    """S3 answers 503 SlowDown (or resets the connection) N times, to client and workers alike."""
+    import boto3
+
+    server = faulty_moto_server
+    boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1").create_bucket(
+        Bucket="flaky")
+    store = S3Storage("flaky", "jobs-under-fire", endpoint_url=server.endpoint_url)
+    with Executor(workers=2, storage=store) as ex:
+        # Bursts of 7 consecutive faults: one request may meet them all and still succeed
+        # (8 attempts). One burst before the job, one in the middle of it.
+        server.inject(7, method="PUT", kind=kind)   # argument uploads, results, statuses
+        server.inject(7, method="GET", kind=kind)   # listings, argument and result reads
+        futures = ex.map_futures(lambda x: x * x, range(200), chunksize=4)
+        done = 0
+        for _ in cf.as_completed(futures, timeout=120):
+            done += 1
+            if done == 50:
+                server.inject(7, method="PUT", kind=kind)
+                server.inject(7, method="GET", kind=kind)
+        assert [f.result() for f in futures] == [x * x for x in range(200)]
+        assert server.remaining() == 0  # every injected fault was met, and survived
+
+
+def test_storage_that_keeps_failing_is_a_clear_error(faulty_moto_server):
+    import boto3
+
+    from lambdamap import StorageError
+
+    server = faulty_moto_server
+    boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1").create_bucket(
+        Bucket="down")
+    store = S3Storage("down", endpoint_url=server.endpoint_url)
+    server.inject(8, method="PUT")
+    with pytest.raises(StorageError, match="still failing after 8 attempts.*SlowDown"):
+        store.put("k", b"v")

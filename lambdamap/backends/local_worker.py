@@ -57,15 +57,22 @@ def main() -> None:
     conn = Client(address, authkey=authkey)
     conn.send(("ready", os.getpid()))
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break  # the client went away: nothing left to do
         if message is None:
             break
         seq, event = message
         try:
             summary = handler(event, LocalContext(timeout))
-            conn.send(("done", seq, None, summary.get("not_run", [])))
+            answer = ("done", seq, None, summary.get("not_run", []))
         except BaseException:  # the store itself failed: the invocation is lost, say why
-            conn.send(("done", seq, traceback.format_exc(), []))
+            answer = ("done", seq, traceback.format_exc(), [])
+        try:
+            conn.send(answer)
+        except OSError:
+            break
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ _RETRYABLE_CODES = {
 
 def _is_transient(exc: BaseException) -> bool:
     from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
-    from botocore.exceptions import ReadTimeoutError
+    from botocore.exceptions import HTTPClientError, ReadTimeoutError
 
-    if isinstance(exc, (BotoConnectionError, ReadTimeoutError, ConnectionError)):
+    # HTTPClientError covers ConnectionClosedError: a connection reset mid-request.
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ConnectionError)):
         return True
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -41,11 +42,13 @@ def _log_retry(state) -> None:
     log.warning("S3 request failed (%s); retry %d", state.outcome.exception(), state.attempt_number)
 
 
-# botocore's own retries are switched off (max_attempts=1) so that this is the only retry loop:
+# botocore's own retries are switched off (total_max_attempts=1; its "max_attempts" would count
+# retries, not attempts) so that this is the only retry loop:
 # 8 attempts, exponential back-off with full jitter, capped at 10 s between attempts.
+_ATTEMPTS = 8
 _transient_retry = retry(
     retry=retry_if_exception(_is_transient),
-    stop=stop_after_attempt(8),
+    stop=stop_after_attempt(_ATTEMPTS),
     wait=wait_random_exponential(multiplier=0.05, max=10),
     before_sleep=_log_retry,
     reraise=True,
@@ -82,7 +85,7 @@ class S3Storage(Storage):
             import boto3
             from botocore.config import Config
 
-            config = Config(retries={"mode": "standard", "max_attempts": 1},
+            config = Config(retries={"mode": "standard", "total_max_attempts": 1},
                             max_pool_connections=self.max_pool_connections,
                             connect_timeout=10, read_timeout=60)
             # A session of its own: boto3's default session is not thread-safe and caches
@@ -108,6 +111,11 @@ class S3Storage(Storage):
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 return StorageError(f"access to s3://{self.bucket}/{self.prefix}{key} denied ({code}): "
                                     "check the credentials and the bucket policy")
+        if _is_transient(exc):
+            return StorageError(
+                f"S3 request for s3://{self.bucket}/{self.prefix}{key} still failing after "
+                f"{_ATTEMPTS} attempts with back-off ({exc}): S3 is throttling or unreachable; "
+                "lower the concurrency or try again later")
         return exc
 
     @_transient_retry
