@@ -1,0 +1,335 @@
+"""GroveForestClassifier and GroveForestRegressor: scikit-learn's random forests, grown in groves.
+
+Each class *is* its scikit-learn forest (a subclass) with two more parameters, ``grove_size`` and
+``executor``, and one different method, ``fit``: the loop that grows the trees fans out, one
+executor call per grove of ``grove_size`` trees. Everything after fitting (``predict``,
+``predict_proba``, ``feature_importances_``, OOB attributes, ``apply``, tags) is scikit-learn's own
+code running on the same trees, hence equal to scikit-learn's results.
+"""
+from __future__ import annotations
+
+import copy
+from numbers import Integral
+from typing import Any
+from warnings import warn
+
+import numpy as np
+from scipy.sparse import issparse
+from sklearn.base import clone, is_classifier
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.exceptions import DataConversionWarning
+from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted
+
+from .executors import using_executor
+from .grove import TrainingSet, grow_grove, predict_grove
+from .seeding import (
+    _check_sample_weight,
+    _fit_context,
+    _get_n_samples_bootstrap,
+    check_sklearn_version,
+    draw_trees,
+    grove_slices,
+    validate_data,
+)
+
+_GROVE_PARAMS = ("grove_size", "executor")
+_GROVE_CONSTRAINTS: dict = {
+    "grove_size": [Interval(Integral, 1, None, closed="left")],
+    "executor": [None, HasMethods(["map", "put"])],
+}
+
+
+class GroveForestMixin:
+    """What both grove forests add to their scikit-learn forest: grove fitting, distributed
+    prediction, conversion to and from plain scikit-learn, saving and loading."""
+
+    _sklearn_class: type  # RandomForestClassifier or RandomForestRegressor
+    _tree_method: str  # per-tree output that the forest averages: "predict_proba" or "predict"
+
+    def _init_grove(self, arguments: dict[str, Any]) -> None:
+        """Keep the grove parameters; hand the forest's own to scikit-learn's ``__init__``."""
+        arguments = {name: value for name, value in arguments.items() if name != "self"}
+        self.grove_size = arguments.pop("grove_size")
+        self.executor = arguments.pop("executor")
+        self._sklearn_class.__init__(self, **arguments)
+
+    # ----------------------------------------------------------------------------- fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Build the forest from (X, y), one executor call per grove; returns self.
+
+        Step for step the ``fit`` of scikit-learn's ``BaseForest`` (version range in
+        ``forest.seeding.SKLEARN_VERSIONS``); only the tree loop runs on the executor.
+        """
+        check_sklearn_version()
+        X, y, missing_mask = self._validate_training_data(X, y, sample_weight)
+
+        # The trees: seeds drawn here as scikit-learn draws them, growing on the executor.
+        if not self.warm_start or not hasattr(self, "estimators_"):
+            self.estimators_ = []
+        n_new = self.n_estimators - len(self.estimators_)
+        if n_new < 0:
+            raise ValueError(f"n_estimators={self.n_estimators} must be larger or equal to "
+                             f"len(estimators_)={len(self.estimators_)} when warm_start==True")
+        if n_new == 0:
+            warn("Warm-start fitting without increasing n_estimators does not fit new trees.")
+        else:
+            trees = draw_trees(self, len(self.estimators_), n_new)
+            data = TrainingSet(
+                X=X, y=y, sample_weight=self._sample_weight,
+                missing_values_in_feature_mask=missing_mask, bootstrap=self.bootstrap,
+                class_weight=getattr(self, "class_weight", None),
+                n_samples_bootstrap=self._n_samples_bootstrap, n_trees=n_new,
+                verbose=self.verbose)
+            self.estimators_.extend(self._grow(data, trees))
+
+        if self.oob_score and (n_new > 0 or not hasattr(self, "oob_score_")):
+            y_type = type_of_target(y)
+            if y_type == "unknown" or (is_classifier(self) and y_type == "multiclass-multioutput"):
+                raise ValueError(
+                    "The type of target cannot be used to compute OOB estimates. Got "
+                    f"{y_type} while only the following are supported: continuous, "
+                    "continuous-multioutput, binary, multiclass, multilabel-indicator.")
+            scoring = self.oob_score if callable(self.oob_score) else None
+            self._set_oob_score_and_attributes(X, y, scoring_function=scoring)
+
+        # Single output: scikit-learn stores classes_ as an array, not a list of one array.
+        if hasattr(self, "classes_") and self.n_outputs_ == 1:
+            self.n_classes_ = self.n_classes_[0]
+            self.classes_ = self.classes_[0]
+        return self
+
+    def _validate_training_data(self, X, y, sample_weight):
+        """Validate and encode as scikit-learn's ``BaseForest.fit`` does, setting the same
+        attributes; returns (X as float32, y encoded as float64 2-d, missing-values mask)."""
+        if issparse(y):
+            raise ValueError("sparse multilabel-indicator for y is not supported.")
+        X, y = validate_data(self, X, y, multi_output=True, accept_sparse="csc",
+                             dtype=np.float32, ensure_all_finite=False)
+        # Only the criterion decides whether trees support missing values.
+        criterion_tree = type(self.estimator)(criterion=self.criterion)
+        missing_mask = criterion_tree._compute_missing_values_in_feature_mask(
+            X, estimator_name=type(self).__name__)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+        if issparse(X):
+            X.sort_indices()  # once here, not in every tree
+        y = np.atleast_1d(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warn("A column-vector y was passed when a 1d array was expected. Please change the "
+                 "shape of y to (n_samples,), for example using ravel().",
+                 DataConversionWarning, stacklevel=2)
+        if y.ndim == 1:
+            y = np.reshape(y, (-1, 1))  # keeps y contiguous, unlike y[:, np.newaxis]
+        if self.criterion == "poisson":
+            if np.any(y < 0):
+                raise ValueError("Some value(s) of y are negative which is not allowed for "
+                                 "Poisson regression.")
+            if np.sum(y) <= 0:
+                raise ValueError("Sum of y is not strictly positive which is necessary for "
+                                 "Poisson regression.")
+        self._n_samples, self.n_outputs_ = y.shape
+        y, expanded_class_weight = self._validate_y_class_weight(y, sample_weight)
+        if y.dtype != np.float64 or not y.flags.contiguous:
+            y = np.ascontiguousarray(y, dtype=np.float64)
+        # The weights that draw bootstrap samples (or weigh samples without bootstrap).
+        self._sample_weight = _product_or_none(sample_weight, expanded_class_weight)
+        if not self.bootstrap and self.max_samples is not None:
+            raise ValueError("`max_sample` cannot be set if `bootstrap=False`. Either switch to "
+                             "`bootstrap=True` or set `max_sample=None`.")
+        self._n_samples_bootstrap = (
+            _get_n_samples_bootstrap(X.shape[0], self.max_samples, self._sample_weight)
+            if self.bootstrap else None)
+        self._validate_estimator()
+        if not self.bootstrap and self.oob_score:
+            raise ValueError("Out of bag estimation only available if bootstrap=True")
+        return X, y, missing_mask
+
+    def _grow(self, data: TrainingSet, trees: list) -> list:
+        """Grow ``trees`` in groves on the executor; fitted trees in the same order."""
+        slices = grove_slices(len(trees), self.grove_size)
+        with using_executor(self.executor) as executor:
+            data_ref = executor.put(data)  # uploaded once; every call gets the object itself
+            groves = executor.map(grow_grove, [data_ref] * len(slices),
+                                  [trees[s] for s in slices], [s.start for s in slices],
+                                  progress=self.verbose > 0)
+            return [tree for grove in groves for tree in grove]
+
+    # --------------------------------------------------------------------------- predicting
+
+    def predict(self, X, distributed: bool = False):
+        """Predict for X; with ``distributed=True`` each grove predicts in its own call.
+
+        Both ways give the same array: the client adds the per-tree outputs in tree order,
+        as scikit-learn does.
+        """
+        if not distributed:
+            return super().predict(X)
+        return self._predict_from_mean(self._distributed_mean(X))
+
+    def _predict_from_mean(self, mean_output):
+        return mean_output  # regression: the mean prediction is the prediction
+
+    def _distributed_mean(self, X) -> Any:
+        """The trees' mean ``_tree_method`` output on X, computed one grove per call."""
+        check_is_fitted(self)
+        X = self._validate_X_predict(X)
+        slices = grove_slices(len(self.estimators_), self.grove_size)
+        total = None
+        with using_executor(self.executor) as executor:
+            x_ref = executor.put(X)
+            outputs = executor.map(predict_grove, [x_ref] * len(slices),
+                                   [executor.put(self.estimators_[s]) for s in slices],
+                                   [self._tree_method] * len(slices))
+            for grove_outputs in outputs:
+                for output in grove_outputs:
+                    # Multi-output classifiers give a list of arrays per tree.
+                    parts = output if isinstance(output, list) else [output]
+                    if total is None:
+                        total = [np.zeros(part.shape, dtype=np.float64) for part in parts]
+                    for running, part in zip(total, parts):
+                        running += part
+        for running in total:
+            running /= len(self.estimators_)
+        return total[0] if len(total) == 1 else total
+
+    # ---------------------------------------------------------------- conversion and saving
+
+    def to_sklearn(self):
+        """The fitted forest as a plain scikit-learn forest (picklable without lambdamap)."""
+        check_is_fitted(self)
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in _GROVE_PARAMS}
+        plain = self._sklearn_class(**params)
+        _copy_fitted_state(self, plain)
+        return plain
+
+    @classmethod
+    def from_sklearn(cls, fitted, *, grove_size: int = 10, executor: Any = None):
+        """Wrap a fitted plain scikit-learn forest, e.g. to predict with it distributed."""
+        if type(fitted) is not cls._sklearn_class:
+            raise TypeError(f"expected a {cls._sklearn_class.__name__}, got {type(fitted).__name__}")
+        check_is_fitted(fitted)
+        model = cls(**fitted.get_params(deep=False), grove_size=grove_size, executor=executor)
+        _copy_fitted_state(fitted, model)
+        return model
+
+    def save(self, uri: str) -> None:
+        """Save to a local path or ``s3://bucket/key`` (see :func:`forest.persist.save`)."""
+        from .persist import save
+
+        save(self, uri)
+
+    @classmethod
+    def load(cls, uri: str, executor: Any = None):
+        """Load a model saved by :meth:`save`; it must be an instance of this class."""
+        from .persist import load
+
+        model = load(uri, executor=executor)
+        if not isinstance(model, cls):
+            raise TypeError(f"{uri} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    # ------------------------------------------------- executors are shared, never copied
+
+    def __sklearn_clone__(self):
+        # A clone shares the executor: it owns processes and connections, so deep-copying it
+        # (what sklearn.base.clone does to non-estimator parameters) would be wrong or fail.
+        params = self.get_params(deep=False)
+        executor = params.pop("executor")
+        twin = type(self)(**{k: clone(v, safe=False) for k, v in params.items()},
+                          executor=executor)
+        if hasattr(self, "_metadata_request"):
+            twin._metadata_request = copy.deepcopy(self._metadata_request)
+        return twin
+
+    def __getstate__(self):
+        # A pickled model does not carry its executor (processes, connections); it is None.
+        state = super().__getstate__()
+        state["executor"] = None
+        return state
+
+
+class GroveForestClassifier(GroveForestMixin, RandomForestClassifier):
+    """A ``RandomForestClassifier`` grown in groves of ``grove_size`` trees on ``executor``.
+
+    Parameters are ``RandomForestClassifier``'s (same names, same defaults, same meaning) plus:
+
+    grove_size : int, default=10
+        Trees per executor call; ``fit`` makes ``ceil(n_estimators / grove_size)`` calls.
+    executor : lambdamap.Executor or None, default=None
+        Runs the groves (anything with lambdamap's ``put`` and ``map``). None: a default
+        ``lambdamap.Executor()`` is created for each fit or distributed predict and shut down.
+
+    ``n_jobs`` only affects local prediction (threads), as trees are grown by the executor.
+    With the same ``random_state`` the fitted trees equal ``RandomForestClassifier``'s.
+    """
+
+    _sklearn_class = RandomForestClassifier
+    _tree_method = "predict_proba"
+    _parameter_constraints: dict = {**RandomForestClassifier._parameter_constraints,
+                                    **_GROVE_CONSTRAINTS}
+
+    def __init__(self, n_estimators=100, *, criterion="gini", max_depth=None,
+                 min_samples_split=2, min_samples_leaf=1, min_weight_fraction_leaf=0.0,
+                 max_features="sqrt", max_leaf_nodes=None, min_impurity_decrease=0.0,
+                 bootstrap=True, oob_score=False, n_jobs=None, random_state=None, verbose=0,
+                 warm_start=False, class_weight=None, ccp_alpha=0.0, max_samples=None,
+                 monotonic_cst=None, grove_size=10, executor=None):
+        self._init_grove(locals())
+
+    def predict_proba(self, X, distributed: bool = False):
+        """Class probabilities for X; ``distributed=True`` computes them one grove per call."""
+        if not distributed:
+            return super().predict_proba(X)
+        return self._distributed_mean(X)
+
+    def _predict_from_mean(self, proba):
+        # The class with the highest mean probability, per output (as ForestClassifier.predict).
+        if self.n_outputs_ == 1:
+            return self.classes_.take(np.argmax(proba, axis=1), axis=0)
+        predictions = np.empty((proba[0].shape[0], self.n_outputs_), dtype=self.classes_[0].dtype)
+        for k in range(self.n_outputs_):
+            predictions[:, k] = self.classes_[k].take(np.argmax(proba[k], axis=1), axis=0)
+        return predictions
+
+
+class GroveForestRegressor(GroveForestMixin, RandomForestRegressor):
+    """A ``RandomForestRegressor`` grown in groves of ``grove_size`` trees on ``executor``.
+
+    Parameters are ``RandomForestRegressor``'s plus ``grove_size`` and ``executor``, as for
+    :class:`GroveForestClassifier`.
+    """
+
+    _sklearn_class = RandomForestRegressor
+    _tree_method = "predict"
+    _parameter_constraints: dict = {**RandomForestRegressor._parameter_constraints,
+                                    **_GROVE_CONSTRAINTS}
+
+    def __init__(self, n_estimators=100, *, criterion="squared_error", max_depth=None,
+                 min_samples_split=2, min_samples_leaf=1, min_weight_fraction_leaf=0.0,
+                 max_features=1.0, max_leaf_nodes=None, min_impurity_decrease=0.0,
+                 bootstrap=True, oob_score=False, n_jobs=None, random_state=None, verbose=0,
+                 warm_start=False, ccp_alpha=0.0, max_samples=None, monotonic_cst=None,
+                 grove_size=10, executor=None):
+        self._init_grove(locals())
+
+
+def _product_or_none(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """a * b, treating None as "all ones" (and None * None as None)."""
+    if a is None:
+        return b
+    return a if b is None else a * b
+
+
+def _copy_fitted_state(source, target) -> None:
+    """Copy the fitted attributes (everything that is not a parameter) from source to target.
+
+    Lists are copied so that a later warm start of one forest cannot grow the other.
+    """
+    params = source.get_params(deep=False)
+    for name, value in vars(source).items():
+        if name not in params:
+            setattr(target, name, list(value) if isinstance(value, list) else value)
