@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lambdamap.demo
+	$(BIN)/python -m dml.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
