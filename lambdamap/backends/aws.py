@@ -29,9 +29,9 @@ from typing import Any, Sequence
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set,
                       wait_random_exponential)
 
-from .. import __version__, wire
+from .. import __version__, signing, wire
 from ..config import Settings
-from ..errors import LambdamapError, PayloadTooLargeError, RuntimeMismatchError
+from ..errors import IntegrityError, LambdamapError, PayloadTooLargeError, RuntimeMismatchError
 from ..storage import S3Storage
 from .base import Backend
 
@@ -123,6 +123,8 @@ class AWSBackend(Backend):
         self._closing = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._client = None
+        self._unsent = 0  # invocations queued or being sent
+        self._sent = threading.Condition()
 
     @classmethod
     def from_settings(cls, *, function_timeout: float | None = None, **options: Any) -> AWSBackend:
@@ -181,6 +183,13 @@ class AWSBackend(Backend):
                 f"function {name!r} runs wire format {theirs['wire']} on Python {theirs['python']}, "
                 f"this client speaks wire format {ours['wire']} on Python {ours['python']}: run "
                 "`lambdamap deploy` from this environment")
+        theirs_key = deployed.get(signing.SIGNING_KEY_ENV)
+        if theirs_key is not None and theirs_key != (self.settings.signing_key or ""):
+            raise IntegrityError(
+                f"function {name!r} has another signing key than this client "
+                f"({'none' if not self.settings.signing_key else 'a different one'} here), so it "
+                "would refuse every job: use the deployment's key (the config file `lambdamap "
+                f"deploy` wrote, or ${signing.SIGNING_KEY_ENV})")
         if deployed.get("LAMBDAMAP_VERSION") not in (None, __version__):
             log.warning("function %r runs lambdamap %s, this client is %s (same wire format: ok)",
                         name, deployed["LAMBDAMAP_VERSION"], __version__)
@@ -189,6 +198,9 @@ class AWSBackend(Backend):
         self._closing.set()  # ends back-off sleeps at once
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._sent:  # cancelled sends never ran: nothing is left to wait for
+            self._unsent = 0
+            self._sent.notify_all()
 
     # -- invoking ----------------------------------------------------------------------------------
 
@@ -196,8 +208,18 @@ class AWSBackend(Backend):
         if self._closing.is_set():
             raise RuntimeError("cannot invoke: the AWS backend is closed")
         payloads = [encode_event(event) for event in events]  # refuse before sending any
+        with self._sent:
+            self._unsent += len(events)
         for event, payload in zip(events, payloads):
             self._pool.submit(self._send, event, payload)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued invocation was accepted by Lambda or reported lost.
+
+        False if ``timeout`` ran out first. (Results still travel through the store.)
+        """
+        with self._sent:
+            return self._sent.wait_for(lambda: self._unsent == 0, timeout)
 
     def _retrying(self) -> Retrying:
         return Retrying(
@@ -213,17 +235,25 @@ class AWSBackend(Backend):
         """Send one invocation, retrying transient faults; report it lost if that fails."""
         retrying = self._retrying()
         try:
-            retrying(self._client.invoke, FunctionName=self.settings.function_name,
-                     InvocationType="Event", Payload=payload)
+            retrying(self._invoke_once, payload)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a reported loss
-            if self._closing.is_set():
-                return
-            attempts = retrying.statistics.get("attempt_number", 1)
-            self.listener.invocation_lost(event, self._describe(exc, attempts), timed_out=False)
+            if not self._closing.is_set():
+                attempts = retrying.statistics.get("attempt_number", 1)
+                self.listener.invocation_lost(event, self._describe(exc, attempts), timed_out=False)
+        finally:
+            with self._sent:
+                self._unsent -= 1
+                self._sent.notify_all()
+
+    def _invoke_once(self, payload: bytes) -> None:
+        response = self._client.invoke(FunctionName=self.settings.function_name,
+                                       InvocationType="Event", Payload=payload)
+        # Read the (empty) body: only then does urllib3 put the connection back in its pool;
+        # otherwise every invoke would open a new connection.
+        response["Payload"].read()
 
     def _describe(self, exc: Exception, attempts: int) -> str:
-        code = _error_code(exc)
-        what = f"{code}: {exc}" if code else f"{type(exc).__name__}: {exc}"
+        what = str(exc) if _error_code(exc) else f"{type(exc).__name__}: {exc}"  # names its code
         if _is_throttle(exc):
             return (f"invocation of {self.settings.function_name!r} throttled on all {attempts} "
                     f"attempts ({what}); raise the function's concurrency limit or send fewer "
