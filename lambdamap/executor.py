@@ -335,6 +335,29 @@ class Executor(concurrent.futures.Executor):
             self._launch(bytes(blob), events)
         return futures
 
+    def _launch(self, blob: bytes, events: list[dict]) -> None:
+        """Upload one argument blob with its manifest, then invoke its events.
+
+        If that fails (the store refuses, an event is too large), the calls of these events are
+        failed with the error, so that nothing waits for them, and the error is raised.
+        """
+        try:
+            self.storage.put(events[0]["args"], blob)
+            blob_no = int(events[0]["args"].rsplit("/", 1)[1])
+            manifest = wire.manifest_key(self.job_id, blob_no)
+            self.storage.put(manifest, signing.seal(self._key, manifest, json.dumps(events).encode()))
+            self._invoke(events)
+        except BaseException as exc:
+            with self._lock:
+                calls = [self._pending.pop(cid) for e in events for cid in e["calls"]
+                         if cid in self._pending]
+                for event in events:
+                    self._deadlines.pop(id(event), None)
+            for call in calls:
+                if call.future.set_running_or_notify_cancel():
+                    call.future.set_exception(exc)
+            raise
+
     def _upload_function(self, fn: Callable) -> str:
         blob = serialize.dumps(fn, f"function {getattr(fn, '__qualname__', fn)!r}:")
         key = wire.fn_key(self.job_id, serialize.digest(blob))
@@ -351,13 +374,6 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._calls[call.future.call_id] = call
             self._pending[call.future.call_id] = call
-
-    def _launch(self, blob: bytes, events: list[dict]) -> None:
-        self.storage.put(events[0]["args"], blob)
-        blob_no = int(events[0]["args"].rsplit("/", 1)[1])
-        manifest = wire.manifest_key(self.job_id, blob_no)
-        self.storage.put(manifest, signing.seal(self._key, manifest, json.dumps(events).encode()))
-        self._invoke(events)
 
     def _invoke(self, events: list[dict]) -> None:
         if not self.backend.reports_losses:
@@ -430,6 +446,7 @@ class Executor(concurrent.futures.Executor):
         when the invocation was lost: only it is blamed (and, after a time-out, failed at once).
         """
         with self._lock:
+            self._deadlines.pop(id(event), None)  # it is lost: its old deadline must not fire again
             unfinished = [cid for cid in event["calls"] if cid in self._pending]
         unfinished = [cid for cid in unfinished
                       if not self.storage.exists(wire.status_key(self.job_id, cid))]

@@ -236,3 +236,16 @@ def test_storage_that_keeps_failing_is_a_clear_error(faulty_moto_server):
     server.inject(8, method="PUT")
     with pytest.raises(StorageError, match="still failing after 8 attempts.*SlowDown"):
         store.put("k", b"v")
+
+
+def test_a_launch_that_fails_fails_its_calls_instead_of_hanging():
+    class RefusingBackend(LocalBackend):
+        def invoke(self, events):
+            raise RuntimeError("the invoke API is down")
+
+    ex = Executor(RefusingBackend(1))
+    with pytest.raises(RuntimeError, match="invoke API is down"):
+        ex.map_futures(abs, range(200))
+    futures = ex.futures
+    assert len(futures) == 200 and all(isinstance(f.exception(timeout=5), RuntimeError) for f in futures)
+    ex.shutdown()  # returns: nothing is left waiting

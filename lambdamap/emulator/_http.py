@@ -27,6 +27,9 @@ HOST = "127.0.0.1"
 class LoopbackHTTPServer(ThreadingHTTPServer):
     """``ThreadingHTTPServer`` on 127.0.0.1 (port 0: any free port) with an immediate ``stop``."""
 
+    # A client dispatching from 64 threads would overflow the default listen backlog of 5.
+    request_queue_size = 128
+
     daemon_threads = True
     block_on_close = False  # stop() shuts connections down; never wait for clients to hang up
 
