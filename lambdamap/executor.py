@@ -208,15 +208,15 @@ class Executor(concurrent.futures.Executor):
     # -- recovering a job ------------------------------------------------------------------------
 
     @classmethod
-    def attach(cls, job_id: str, *, storage: Storage | str, backend: str | Backend = "local",
-               **options: Any) -> "Executor":
+    def attach(cls, job_id: str, *, storage: Storage | str | None = None,
+               backend: str | Backend = "local", **options: Any) -> "Executor":
         """Take over a job whose client went away (crashed, restarted) from its store.
 
         Finished calls are read back from the store; every unfinished call is invoked again
         (at-least-once: if its first invocation is in fact still running, whichever finishes
         first gives the one result). ``ex.futures`` lists the job's futures in call order::
 
-            ex = Executor.attach("3f2a...", storage="s3://my-bucket/lambdamap", backend="aws")
+            ex = Executor.attach("3f2a...", backend="aws")   # the deployment's bucket
             results = [f.result() for f in ex.futures]
 
         The job must have been run with ``keep_data=True`` or its client must have died before
@@ -228,7 +228,8 @@ class Executor(concurrent.futures.Executor):
         manifests = ex.storage.list(f"{wire.job_prefix(job_id)}manifest/")
         if not manifests:
             ex.shutdown()
-            raise ValueError(f"no job {job_id!r} in {ex.storage!r}: nothing to attach to")
+            raise ValueError(f"no job {job_id!r} in {ex.storage!r}: nothing to attach to "
+                             "(was it cleaned up? pass the storage it ran with)")
         events = [e for key in manifests
                   for e in json.loads(signing.unseal(ex._key, key, ex.storage.get(key)))]
         done = {wire.call_id_of(k) for k in ex.storage.list(wire.status_prefix(job_id))}
@@ -319,7 +320,8 @@ class Executor(concurrent.futures.Executor):
             event = wire.make_event(storage=self._storage_spec, job_id=self.job_id, fn=fn_key,
                                     args=args, byte_range=(len(blob), len(blob) + len(packed)),
                                     calls=list(ids), signed=self._key is not None,
-                                    options=options)
+                                    options=options,
+                                    manifest=wire.manifest_key(self.job_id, blob_no))
             blob += packed
             events.append(event)
             now = time.time()
@@ -397,10 +399,12 @@ class Executor(concurrent.futures.Executor):
                     del self._deadlines[key]
                     expired.append(event)
         for event in expired:
+            memory = getattr(self.backend, "memory_mb", None)
+            memory = f" (its configured {memory} MB)" if memory else ""
             self.invocation_lost(event, (
                 f"no report within {self.backend.function_timeout} s (the function time-out) plus "
-                f"{self.lost_after_margin} s: the invocation probably timed out, ran out of memory "
-                "or was never delivered"), timed_out=False)
+                f"{self.lost_after_margin} s: the invocation probably timed out, ran out of "
+                f"memory{memory} or was never delivered"), timed_out=False)
 
     # -- collecting ------------------------------------------------------------------------------
 

@@ -80,10 +80,12 @@ def call_id_of(key: str) -> int:
 
 def make_event(*, storage: dict, job_id: str, fn: str, args: str, byte_range: tuple[int, int],
                calls: list[int], attempt: int = 0, options: dict | None = None,
-               signed: bool = False) -> dict:
+               signed: bool = False, manifest: str | None = None) -> dict:
     """The JSON event of one invocation: which function, which argument batch, which calls.
 
     ``calls`` are the call ids of the batch to run (a retry may run only the unfinished ones).
+    ``manifest`` names the job's manifest for this blob: a runtime that finds it gone knows the
+    job was cleaned up, and a late duplicate then does nothing.
     """
     return {
         "wire_version": WIRE_VERSION,
@@ -97,6 +99,7 @@ def make_event(*, storage: dict, job_id: str, fn: str, args: str, byte_range: tu
         "attempt": attempt,
         "options": options or {},
         "signed": signed,
+        "manifest": manifest,
     }
 
 

@@ -38,6 +38,11 @@ def handler(event: dict, context=None) -> dict:
     storage = storage_from_spec(event["storage"])
     job_id, attempt, options = event["job_id"], event.get("attempt", 0), event.get("options", {})
     calls = event["calls"]
+    if event.get("manifest") and not storage.exists(event["manifest"]):
+        # The job was cleaned up: this is a late duplicate (at-least-once delivery) or a retry
+        # that lost the race. Writing now would only leave orphans behind.
+        log.warning("job %s is gone from the store; skipping %d calls", job_id, len(calls))
+        return _summary(calls, warm, not_run=[])
     try:
         wire.check_event(event)
         key = signing.key_for(job_id)

@@ -154,7 +154,7 @@ def test_user_exceptions_come_home_with_the_remote_traceback(stack):
 def test_throttled_invocations_are_retried_and_every_result_arrives(stack):
     stack.emulator.inject_throttles(12)
     with aws_executor() as ex:
-        assert list(ex.map(square, range(30))) == [x * x for x in range(30)]
+        assert list(ex.map(square, range(200))) == [x * x for x in range(200)]
         assert ex.metrics()["attempt"].max() == 0  # retried while sending: no call was lost
 
 
@@ -171,20 +171,20 @@ def test_s3_slowdowns_and_resets_are_retried_on_both_sides(stack):
     moto.inject(6, method="PUT", path_regex=rf"^/{stack.bucket}/", kind="slowdown")
     moto.inject(3, method="GET", path_regex=rf"^/{stack.bucket}/", kind="reset")
     with aws_executor() as ex:
-        assert list(ex.map(square, range(40), chunksize=2)) == [x * x for x in range(40)]
+        assert list(ex.map(square, range(200), chunksize=2)) == [x * x for x in range(200)]
     assert moto.remaining() == 0
     assert {kind for kind, _, _ in moto.faults.injected} == {"slowdown", "reset"}
 
 
 def test_a_duplicated_event_still_gives_each_future_one_result(stack):
     records = len(stack.emulator.records())
-    stack.emulator.duplicate_next(5)
+    stack.emulator.duplicate_next(20)
     with aws_executor() as ex:
-        futures = ex.map_futures(square, range(10))
-        assert [f.result(timeout=60) for f in futures] == [x * x for x in range(10)]
+        futures = ex.map_futures(square, range(200), chunksize=2)
+        assert [f.result(timeout=60) for f in futures] == [x * x for x in range(200)]
         assert stack.emulator.wait_idle(timeout=30)
-        assert len(ex.storage.list(f"{wire.job_prefix(ex.job_id)}result/")) == 10
-    assert len(stack.emulator.records()) - records == 15  # every duplicate ran
+        assert len(ex.storage.list(f"{wire.job_prefix(ex.job_id)}result/")) == 200
+    assert len(stack.emulator.records()) - records == 120  # every duplicate ran
 
 
 def test_calls_past_the_function_timeout_fail_naming_them_and_the_others_complete(stack):
@@ -236,3 +236,61 @@ def test_lambdamap_emulate_dispatches_to_the_emulator(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["emulate", "--help"])
     assert info.value.code == 0 and "lambdamap emulate" in capsys.readouterr().out
+
+
+def killed_once(x, marker_dir):
+    """SIGKILLs its own Lambda worker mid-call the first time it sees x % 40 == 7."""
+    import os
+    import signal
+
+    marker = os.path.join(marker_dir, str(x))
+    if x % 40 == 7 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def test_a_worker_killed_mid_call_is_re_invoked_and_nothing_is_lost(stack, tmp_path):
+    """A killed Lambda leaves no status: the executor's deadline re-invokes the silent calls."""
+    with aws_executor(lost_after_margin=1.0) as ex:
+        results = list(ex.map(killed_once, range(200), [str(tmp_path)] * 200, chunksize=4))
+        m = ex.metrics()
+    assert results == [x * x for x in range(200)]
+    assert len(list(tmp_path.iterdir())) == 5  # five calls were killed once each
+    assert (m["attempt"] > 0).sum() >= 5
+
+
+ATTACH_CLIENT = """
+import sys, time
+from lambdamap import Executor
+
+def slow_square(x):
+    time.sleep(0.02)
+    return x * x
+
+ex = Executor(backend="aws", keep_data=True, poll_interval=(0.02, 0.2))
+print(ex.job_id, flush=True)
+ex.map_futures(slow_square, range(200), chunksize=2)
+time.sleep(600)  # killed long before
+"""
+
+
+def test_a_client_restarted_mid_job_recovers_every_result_with_attach(stack):
+    import subprocess
+    import sys
+
+    client = subprocess.Popen([sys.executable, "-c", ATTACH_CLIENT], stdout=subprocess.PIPE, text=True)
+    job_id = client.stdout.readline().strip()
+    store = AWSBackend(Settings.resolve()).default_storage()
+    deadline = time.time() + 60
+    while time.time() < deadline and len(store.list(wire.status_prefix(job_id))) < 20:
+        time.sleep(0.1)
+    client.kill()
+    client.wait()
+    assert 20 <= len(store.list(wire.status_prefix(job_id))) < 200
+    with Executor.attach(job_id, backend="aws", poll_interval=(0.02, 0.2)) as ex:
+        assert [f.result(timeout=120) for f in ex.futures] == [x * x for x in range(200)]
+        # The dead client's own invocations are still queued (at-least-once: they run too, and
+        # lose to the results already written); let them drain so none is in flight at cleanup.
+        assert stack.emulator.wait_idle(timeout=60)
+    assert not store.list(wire.job_prefix(job_id))  # cleaned up by the attached executor

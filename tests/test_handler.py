@@ -100,3 +100,13 @@ def test_handler_stops_a_call_before_the_invocation_times_out(tmp_path):
     _, error = outcome(recs[1])
     assert isinstance(error, CallTimeoutError) and "call 1 ran past the function time-out" in str(error)
     assert 2 not in recs
+
+
+def test_a_late_duplicate_for_a_cleaned_up_job_writes_nothing(tmp_path):
+    store = LocalStorage(tmp_path)
+    event = dict(make_job(store, [(0, 1)]), manifest="jobs/job1/manifest/00000000")
+    handler(event)  # the manifest is gone: the job was cleaned up
+    assert store.list("jobs/job1/result/") == [] and store.list("jobs/job1/status/") == []
+    store.put("jobs/job1/manifest/00000000", b"[]")
+    handler(event)
+    assert store.list("jobs/job1/status/") == ["jobs/job1/status/00000000"]

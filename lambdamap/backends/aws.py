@@ -175,6 +175,7 @@ class AWSBackend(Backend):
                         name, code, self.function_timeout or FALLBACK_FUNCTION_TIMEOUT)
         if self.function_timeout is None:
             self.function_timeout = float(self.function_config.get("Timeout") or FALLBACK_FUNCTION_TIMEOUT)
+        self.memory_mb = self.function_config.get("MemorySize")  # named when a call goes silent
         deployed = (self.function_config.get("Environment") or {}).get("Variables") or {}
         theirs = {"wire": deployed.get("LAMBDAMAP_WIRE_VERSION"), "python": deployed.get("LAMBDAMAP_PYTHON")}
         ours = {"wire": str(wire.WIRE_VERSION), "python": wire.python_version()}
