@@ -38,18 +38,19 @@ def handler(event: dict, context=None) -> dict:
     storage = storage_from_spec(event["storage"])
     job_id, attempt, options = event["job_id"], event.get("attempt", 0), event.get("options", {})
     calls = event["calls"]
-    if event.get("manifest") and not storage.exists(event["manifest"]):
-        # The job was cleaned up: this is a late duplicate (at-least-once delivery) or a retry
-        # that lost the race. Writing now would only leave orphans behind.
-        log.warning("job %s is gone from the store; skipping %d calls", job_id, len(calls))
-        return _summary(calls, warm, not_run=[])
     try:
         wire.check_event(event)
         key = signing.key_for(job_id)
-        fn = _load_function(storage, event["fn"], key)
         start, end = event["range"]
-        batch = dict(wire.unpack_batch(storage.get(event["args"], (start, end)), key,
-                                       wire.batch_label(event["args"], start)))
+        try:
+            raw = storage.get(event["args"], (start, end))
+        except KeyError:
+            if _job_is_gone(storage, event):
+                log.warning("job %s is gone from the store; skipping %d calls", job_id, len(calls))
+                return _summary(calls, warm, not_run=[])
+            raise
+        batch = dict(wire.unpack_batch(raw, key, wire.batch_label(event["args"], start)))
+        fn = _load_function(storage, event["fn"], key)
     except BaseException as exc:  # a job-level failure: every call of the batch reports it
         log.error("invocation of job %s failed before its calls ran: %s", job_id, exc)
         started = time.time()
@@ -72,6 +73,15 @@ def handler(event: dict, context=None) -> dict:
         if record.error_type == _TIMEOUT_TYPE:
             return _summary(calls, warm, not_run=calls[i + 1:])
     return _summary(calls, warm, not_run=[])
+
+
+def _job_is_gone(storage: Storage, event: dict) -> bool:
+    """Whether the job was cleaned up (its manifest is gone too): the event is a late duplicate
+    (at-least-once delivery) or a retry that lost the race, and writing would leave orphans.
+
+    Asked only when the arguments are missing, so that it costs nothing on the normal path.
+    """
+    return bool(event.get("manifest")) and not storage.exists(event["manifest"])
 
 
 def _summary(calls: list[int], warm: bool, not_run: list[int]) -> dict:

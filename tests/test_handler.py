@@ -105,8 +105,16 @@ def test_handler_stops_a_call_before_the_invocation_times_out(tmp_path):
 def test_a_late_duplicate_for_a_cleaned_up_job_writes_nothing(tmp_path):
     store = LocalStorage(tmp_path)
     event = dict(make_job(store, [(0, 1)]), manifest="jobs/job1/manifest/00000000")
-    handler(event)  # the manifest is gone: the job was cleaned up
-    assert store.list("jobs/job1/result/") == [] and store.list("jobs/job1/status/") == []
-    store.put("jobs/job1/manifest/00000000", b"[]")
+    store.delete("jobs/job1/args/")  # cleaned up: arguments and manifest are gone
     handler(event)
-    assert store.list("jobs/job1/status/") == ["jobs/job1/status/00000000"]
+    assert store.list("jobs/job1/result/") == [] and store.list("jobs/job1/status/") == []
+
+
+def test_missing_arguments_of_a_live_job_are_reported_not_skipped(tmp_path):
+    store = LocalStorage(tmp_path)
+    event = dict(make_job(store, [(0, 1)]), manifest="jobs/job1/manifest/00000000")
+    store.put("jobs/job1/manifest/00000000", b"[]")  # the job still exists
+    store.delete("jobs/job1/args/")
+    handler(event)
+    _, error = outcome(records(store)[0])
+    assert isinstance(error, KeyError)  # the caller learns at once instead of waiting

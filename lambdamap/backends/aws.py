@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 256 * 1024
 #: When the function's time-out cannot be read (no permission), assume Lambda's maximum.
 FALLBACK_FUNCTION_TIMEOUT = 900.0
+LAMBDA_MAX_TIMEOUT = 900.0  # Lambda's hard limit on one invocation
 
 _THROTTLE_CODES = {"TooManyRequestsException", "Throttling", "ThrottlingException",
                    "EC2ThrottledException", "RequestLimitExceeded"}
@@ -117,6 +118,9 @@ class AWSBackend(Backend):
     reports_losses = False
 
     def __init__(self, settings: Settings, *, function_timeout: float | None = None):
+        if function_timeout is not None and not 0 < function_timeout <= LAMBDA_MAX_TIMEOUT:
+            raise ValueError(f"function_timeout must be in (0, {LAMBDA_MAX_TIMEOUT:.0f}] seconds: "
+                             f"Lambda stops every invocation after 15 minutes, not {function_timeout}")
         self.settings = settings
         self.function_timeout = function_timeout
         self.function_config: dict = {}
