@@ -110,8 +110,7 @@ class Collector:
         except Exception:  # noqa: BLE001 - the hint is best effort
             pass
         error = IntegrityError(f"the result of call {call_id}: {exc}{hint}")
-        return wire.CallRecord(call_id=call_id, ok=False, error_blob=serialize.dumps(error, "error"),
-                               error_type="lambdamap.errors.IntegrityError", error_message=str(error))
+        return wire.failure_record(call_id, error, tb="")
 
 
 def outcome(record: wire.CallRecord):

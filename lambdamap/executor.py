@@ -45,7 +45,6 @@ MAX_RESULT_BYTES = 256 * 2**20
 @dataclass
 class _Call:
     future: CallFuture
-    event: dict
     submitted: float
     bytes_in: int
     losses: int = 0
@@ -236,7 +235,7 @@ class Executor(concurrent.futures.Executor):
         with ex._lock:
             for event in events:
                 for cid in event["calls"]:
-                    ex._register(_Call(CallFuture(cid), event, time.time(), 0))
+                    ex._register(_Call(CallFuture(cid), time.time(), 0))
             ex._next_call = max(c for e in events for c in e["calls"]) + 1
             ex._next_blob = int(manifests[-1].rsplit("/", 1)[1]) + 1
         rerun = [dict(e, calls=todo, attempt=e.get("attempt", 0) + 1) for e in events
@@ -329,7 +328,7 @@ class Executor(concurrent.futures.Executor):
                 future = CallFuture(cid)
                 future.on_collected = tick
                 futures.append(future)
-                self._register(_Call(future, event, now, len(payloads[cid - first])))
+                self._register(_Call(future, now, len(payloads[cid - first])))
             if len(blob) >= ARGS_BLOB_BYTES:
                 self._launch(bytes(blob), events)
                 blob, events, blob_no = bytearray(), [], None
@@ -345,8 +344,7 @@ class Executor(concurrent.futures.Executor):
         """
         try:
             self.storage.put(events[0]["args"], blob)
-            blob_no = int(events[0]["args"].rsplit("/", 1)[1])
-            manifest = wire.manifest_key(self.job_id, blob_no)
+            manifest = events[0]["manifest"]  # the blob's events all name the same manifest
             self.storage.put(manifest, signing.seal(self._key, manifest, json.dumps(events).encode()))
             self._invoke(events)
         except BaseException as exc:
@@ -420,7 +418,6 @@ class Executor(concurrent.futures.Executor):
         if call is None:
             return
         call.status = record.status
-        call.event = None  # only needed to re-run the call; the event may be large-ish
         future = call.future
         future.stdout, future.stderr, future.logs = record.stdout, record.stderr, record.logs
         future.status, future.remote_traceback = record.status, record.traceback
@@ -471,11 +468,7 @@ class Executor(concurrent.futures.Executor):
             log.warning("call %d of job %s lost (%s); running it again", culprit, self.job_id, cause)
             rest = unfinished
         if rest and not self._released:
-            retry = dict(event, calls=rest, attempt=event.get("attempt", 0) + 1)
-            with self._lock:
-                for cid in rest:
-                    self._calls[cid].event = retry
-            self._invoke([retry])
+            self._invoke([dict(event, calls=rest, attempt=event.get("attempt", 0) + 1)])
         self.wake()
 
     def _fail(self, call_id: int, error: Exception, event: dict) -> None:

@@ -56,8 +56,8 @@ def handler(event: dict, context=None) -> dict:
         started = time.time()
         for call_id in calls:
             _write(storage, job_id, wire.failure_record(call_id, exc, traceback.format_exc()), started,
-                   0, warm, attempt, options)
-        return {"calls": len(calls), "warm": warm, "worker": WORKER_ID, "failed": True}
+                   0, warm, attempt)
+        return _summary(calls, warm, not_run=[], failed=True)
 
     deadline = _deadline(context)
     for i, call_id in enumerate(calls):
@@ -68,10 +68,10 @@ def handler(event: dict, context=None) -> dict:
         with _alarm_at(deadline):
             record = _run(fn, payload, call_id, options.get("max_result_bytes"),
                           timeout=options.get("function_timeout"))
-        _write(storage, job_id, record, started, len(payload), warm, attempt, options)
+        _write(storage, job_id, record, started, len(payload), warm, attempt)
         warm = True  # the first call of a cold invocation paid the start-up; the rest did not
-        if record.error_type == _TIMEOUT_TYPE:
-            return _summary(calls, warm, not_run=calls[i + 1:])
+        # (a call stopped by the alarm leaves the clock past the deadline: the check above then
+        # hands back the calls that did not start)
     return _summary(calls, warm, not_run=[])
 
 
@@ -84,9 +84,9 @@ def _job_is_gone(storage: Storage, event: dict) -> bool:
     return bool(event.get("manifest")) and not storage.exists(event["manifest"])
 
 
-def _summary(calls: list[int], warm: bool, not_run: list[int]) -> dict:
+def _summary(calls: list[int], warm: bool, not_run: list[int], failed: bool = False) -> dict:
     """What the invocation returns: counts, and the calls it had no time left to start."""
-    return {"calls": len(calls), "warm": warm, "worker": WORKER_ID, "failed": False,
+    return {"calls": len(calls), "warm": warm, "worker": WORKER_ID, "failed": failed,
             "not_run": not_run}
 
 
@@ -99,9 +99,6 @@ def _summary(calls: list[int], warm: bool, not_run: list[int]) -> dict:
 
 class _Deadline(BaseException):
     """Raised by the alarm; a BaseException so that the user's ``except Exception`` can't eat it."""
-
-
-_TIMEOUT_TYPE = f"{CallTimeoutError.__module__}.{CallTimeoutError.__qualname__}"
 
 
 def _deadline(context) -> float | None:
@@ -197,7 +194,7 @@ def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None,
 
 
 def _write(storage: Storage, job_id: str, record: wire.CallRecord, started: float,
-           bytes_in: int, warm: bool, attempt: int, options: dict) -> None:
+           bytes_in: int, warm: bool, attempt: int) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     wire.write_record(storage, job_id, record, started=started, bytes_in=bytes_in,
                       worker=WORKER_ID, warm=warm, attempt=attempt, peak_memory_mb=peak_mb)
