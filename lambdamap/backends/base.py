@@ -38,6 +38,14 @@ class Backend(abc.ABC):
         """The deployment's HMAC key (see :mod:`lambdamap.signing`); None runs jobs unsigned."""
         return None
 
+    def runtime_versions(self) -> dict[str, str | None] | None:
+        """The runtime's package versions (see :mod:`lambdamap.versions`), or None if unknown.
+
+        Libraries whose results depend on a package version (``forest`` on scikit-learn) compare
+        them with the client's before they invoke anything.
+        """
+        return None
+
     def default_storage(self):
         """The store to use when the executor is given none (e.g. the deployment's bucket)."""
         return None

@@ -137,6 +137,12 @@ class LocalBackend(Backend):
     def signing_key(self) -> bytes:
         return self._signing_key
 
+    def runtime_versions(self) -> dict[str, str | None]:
+        """The workers run this interpreter, so they have the client's own packages."""
+        from ..versions import installed_versions
+
+        return installed_versions()
+
     @property
     def pids(self) -> list[int]:
         """Process ids of the current workers (for tests and diagnostics)."""
