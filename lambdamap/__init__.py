@@ -8,12 +8,12 @@ from .errors import (CallTimeoutError, IntegrityError, LambdamapError, PayloadTo
                      RemoteError, RuntimeMismatchError, SerializationError, StorageError,
                      WorkerLostError)
 from .executor import Executor
-from .futures import CallFuture
+from .futures import CallFuture, collect_results
 from .objects import ObjectRef
 from .serialize import ship_module
 
 __version__ = "0.1.0"
 
-__all__ = ["Executor", "CallFuture", "ObjectRef", "ship_module", "LambdamapError",
+__all__ = ["Executor", "CallFuture", "collect_results", "ObjectRef", "ship_module", "LambdamapError",
            "SerializationError", "WorkerLostError", "CallTimeoutError", "RuntimeMismatchError",
            "StorageError", "PayloadTooLargeError", "RemoteError", "IntegrityError", "__version__"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Container
 
-from . import serialize, signing, wire
+from . import serialize, wire
 from .errors import IntegrityError, RemoteError, RemoteTraceback
 from .storage import LocalStorage, Storage
 
@@ -23,15 +23,15 @@ log = logging.getLogger(__name__)
 class Collector:
     """Background thread that turns status/result records into future results."""
 
-    def __init__(self, storage: Storage, job_id: str, on_record: Callable[[wire.CallRecord], None],
-                 pending, low: Callable[[], int], *, min_interval: float,
-                 max_interval: float, fetch_threads: int = 32, on_idle_poll: Callable[[], None] = None):
-        self.storage, self.job_id = storage, job_id
+    def __init__(self, storage: Storage, job_id: str, signing_key: bytes | None,
+                 on_record: Callable[[wire.CallRecord], None], pending: Container[int],
+                 low: Callable[[], int | None], *, min_interval: float, max_interval: float,
+                 fetch_threads: int = 32, after_poll: Callable[[], None] | None = None):
+        self.storage, self.job_id, self.signing_key = storage, job_id, signing_key
         # ``pending`` holds the ids of calls not yet collected; ``low()`` is the smallest of them.
         self.pending, self.low = pending, low
-        self.on_record, self.on_idle_poll = on_record, on_idle_poll
+        self.on_record, self.after_poll = on_record, after_poll
         self.min_interval, self.max_interval = min_interval, max_interval
-        self.polls = 0
         self._wake = threading.Event()
         self._hints: list[int] = []  # call ids a backend says have finished
         self._stop = False
@@ -61,22 +61,26 @@ class Collector:
             if self._stop:
                 return
             hints, self._hints = self._hints, []
+            # Nothing may kill this thread (every future would hang): a failing store, or a
+            # SystemExit from a user's class while a result is unpickled, is reported and survived.
             try:
                 found = self.fetch(hints) if hints else self.poll()
-            except Exception:  # a failing store must not kill the collector: report and go on
+            except BaseException:  # noqa: BLE001
                 log.exception("lambdamap collector: polling the store failed; retrying")
                 found = 0
-            if self.on_idle_poll is not None:
-                self.on_idle_poll()
+            if self.after_poll is not None:
+                try:
+                    self.after_poll()
+                except BaseException:  # noqa: BLE001
+                    log.exception("lambdamap collector: checking invocations failed; retrying")
             interval = self.min_interval if found else min(interval * 2, self.max_interval)
 
     def poll(self) -> int:
         """One round: list finished calls, fetch their records, hand them over. Returns the count."""
-        if not self.pending:
-            return 0
         low = self.low()
+        if low is None:
+            return 0
         start_after = wire.status_key(self.job_id, low - 1) if low > 0 else None
-        self.polls += 1
         keys = self.storage.list(wire.status_prefix(self.job_id), start_after=start_after)
         return self.fetch(map(wire.call_id_of, keys))
 
@@ -87,10 +91,9 @@ class Collector:
             return 0
         keys = [wire.result_key(self.job_id, cid) for cid in done]
         blobs = map(self.storage.get, keys) if self._fetcher is None else self._fetcher.map(self.storage.get, keys)
-        signing_key = signing.key_for(self.job_id)
         for cid, key, blob in zip(done, keys, blobs):
             try:
-                record = wire.decode_record(blob, signing_key, key)
+                record = wire.decode_record(blob, self.signing_key, key)
             except IntegrityError as exc:
                 record = self._refused(cid, exc)
             self.on_record(record)

@@ -4,17 +4,27 @@ User exceptions are re-raised with their own type; these are for everything else
 """
 from __future__ import annotations
 
+import concurrent.futures
+import pickle
+
 
 class LambdamapError(Exception):
     """Base class of every error lambdamap raises itself."""
 
 
-class SerializationError(LambdamapError, TypeError):
-    """A function, argument or result could not be pickled; the message names the object."""
+class SerializationError(LambdamapError, pickle.PicklingError, TypeError):
+    """A function, argument or result could not be pickled; the message names the object.
+
+    Also a ``pickle.PicklingError``, as the stdlib's executors raise for the same mistake.
+    """
 
 
-class WorkerLostError(LambdamapError):
-    """The process or invocation running a call disappeared (killed, out of memory) too often."""
+class WorkerLostError(LambdamapError, concurrent.futures.BrokenExecutor):
+    """The process or invocation running a call disappeared (killed, out of memory) too often.
+
+    Also a ``concurrent.futures.BrokenExecutor``, the stdlib's error for a lost worker; unlike
+    a broken stdlib pool, the executor goes on running the other calls.
+    """
 
 
 class CallTimeoutError(LambdamapError, TimeoutError):
@@ -62,3 +72,11 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
+
+
+class InvocationDeadline(BaseException):
+    """Raised inside the runtime when an invocation reaches its time limit (never at the caller).
+
+    A ``BaseException``, so that neither the user's ``except Exception`` nor lambdamap's own
+    handling of a user object's failures can swallow it.
+    """

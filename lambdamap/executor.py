@@ -1,54 +1,58 @@
 """``Executor``: a ``concurrent.futures.Executor`` whose calls run as serverless invocations.
 
-How a call travels: ``submit``/``map`` pickle the function (once per job, content-addressed) and
-the arguments (packed per batch of ``chunksize`` calls), upload them, and ask the backend for one
-invocation per batch. Every invocation runs the universal handler, which writes one result and
-one status record per call. The collector lists the statuses, reads the results and fills the
-futures. Lost invocations (a dead worker, a time-out) are re-invoked for their unfinished calls,
-a bounded number of times, and then failed with an error that names the call.
+How a call travels: ``submit``/``map`` pickle the function (once per job) and the arguments
+(packed per batch of ``chunksize`` calls) and write them to the store (:mod:`lambdamap.jobs`);
+the backend starts one invocation per batch. Every invocation runs the universal handler, which
+marks its start and writes one result and one status record per call. The collector
+(:mod:`lambdamap.collector`) lists the statuses, reads the results and fills the futures. The
+ledger (:mod:`lambdamap.ledger`) keeps what is outstanding and decides what a lost invocation
+means: run its calls again, or fail the one that was running.
+
+Lifecycle: ``shutdown()`` (or leaving ``with``) waits for the calls, then releases workers and
+the job's data; leaving ``with`` by an exception (Ctrl-C included) cancels the job instead. An
+executor never shut down is shut down at interpreter exit like the stdlib's executors.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import json
 import logging
 import os
 import secrets
 import shutil
-import tempfile
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from . import serialize, signing, wire
+from . import scratch, signing, wire
 from .backends.base import Backend
 from .collector import Collector, outcome
-from .errors import CallTimeoutError, PayloadTooLargeError, SerializationError, WorkerLostError
+from .errors import SerializationError
+from .factories import embedded_store, make_backend, make_storage
 from .futures import CallFuture
-from .objects import ObjectRef, remember
-from .storage import LocalStorage, S3Storage, Storage
+from .jobs import JobWriter
+from .ledger import Ledger
+from .objects import ObjectRef
+from .storage import LocalStorage, Storage
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-# Argument batches are uploaded in blobs of about this size; one blob serves many invocations.
-ARGS_BLOB_BYTES = 8 * 2**20
 # Default bounds on one call's pickled arguments and result; larger data goes by reference.
 MAX_ARGUMENT_BYTES = 64 * 2**20
 MAX_RESULT_BYTES = 256 * 2**20
+#: How often (seconds) the client lists the start markers of invocations it has not seen start.
+START_LIST_INTERVAL = 2.0
+#: How often (seconds) cancellations are written for running invocations to see, at most.
+CONTROL_WRITE_INTERVAL = 0.5
 
-
-@dataclass
-class _Call:
-    future: CallFuture
-    submitted: float
-    bytes_in: int
-    losses: int = 0
-    status: dict = field(default_factory=dict)
+METRICS_COLUMNS = ["call_id", "submitted", "started", "finished", "duration", "peak_memory_mb",
+                   "worker", "warm", "bytes_in", "bytes_out", "attempt", "ok", "error_type",
+                   "cancelled"]
 
 
 class Executor(concurrent.futures.Executor):
@@ -62,18 +66,29 @@ class Executor(concurrent.futures.Executor):
             assert ex.submit(pow, 2, 10).result() == 1024
 
     Args:
-        backend: ``"local"`` (worker processes on this machine) or a :class:`Backend` instance.
-        storage: where the job's objects live: a :class:`Storage`, a folder path, or
-            ``"s3://bucket/prefix"``; default a fresh temporary folder.
-        workers: local backend only: number of worker processes (default one per core).
-        function_timeout: seconds one invocation may run before it is stopped and its running
-            call fails with :class:`CallTimeoutError` (default: none locally).
+        backend: ``"local"`` (worker processes on this machine), ``"aws"`` or a
+            :class:`Backend` instance. An int means ``"local"`` with that many workers, so that
+            ``Executor(4)`` works as ``ProcessPoolExecutor(4)`` does.
+        max_workers: local: the number of worker processes (default one per core); AWS: a cap
+            on the invocations in flight at once (default none: Lambda queues what exceeds the
+            function's concurrency). ``workers`` is the same for the local backend.
+        storage: where the job's objects live: a :class:`Storage`, a folder path or
+            ``"s3://bucket/prefix"``; default the backend's (a fresh folder, in RAM if possible).
+        function_timeout: seconds one invocation may run (default: none locally, the function's
+            configuration on AWS). Every call gets the whole budget: a call cut short because
+            earlier calls of its batch used time runs again in a fresh invocation; a call that
+            alone overruns it fails with :class:`CallTimeoutError`.
         max_retries: how often a call whose worker was lost is run again before it fails with
             :class:`WorkerLostError`.
         keep_data: keep the job's objects in the store after shutdown (default: delete them).
         poll_interval: ``(min, max)`` seconds between the collector's polls of the store.
         lost_after_margin: for backends that cannot see a lost invocation (AWS): seconds past
-            the function time-out after which a silent invocation counts as lost.
+            the function time-out, counted from the invocation's start, after which a silent
+            invocation counts as lost.
+        start_timeout: seconds without *any* invocation of the job starting after which the
+            invocations not yet started count as never delivered (default: twice the function
+            time-out plus the margin, at least 5 minutes). Invocations waiting in Lambda's queue
+            behind others that run are never counted lost.
         signing_key: the HMAC key for payload integrity (default: the backend's; the local
             backend makes a random one).
         max_argument_bytes, max_result_bytes: bounds on one call's pickled arguments (checked
@@ -82,59 +97,103 @@ class Executor(concurrent.futures.Executor):
         backend_options: passed to the backend (e.g. ``function_name``, ``bucket`` for AWS).
     """
 
-    def __init__(self, backend: str | Backend = "local", *, storage: Storage | str | None = None,
-                 workers: int | None = None, function_timeout: float | None = None,
-                 max_retries: int = 2, keep_data: bool = False,
-                 poll_interval: tuple[float, float] | None = None,
-                 lost_after_margin: float = 30.0, signing_key: bytes | None = None,
-                 max_argument_bytes: int = MAX_ARGUMENT_BYTES,
-                 max_result_bytes: int = MAX_RESULT_BYTES,
-                 _job_id: str | None = None, **backend_options: Any):
+    def __init__(self, backend: str | Backend | int = "local", *, max_workers: int | None = None,
+                 workers: int | None = None, storage: Storage | str | None = None,
+                 function_timeout: float | None = None, max_retries: int = 2,
+                 keep_data: bool = False, poll_interval: tuple[float, float] | None = None,
+                 lost_after_margin: float = 30.0, start_timeout: float | None = None,
+                 signing_key: bytes | None = None, max_argument_bytes: int = MAX_ARGUMENT_BYTES,
+                 max_result_bytes: int = MAX_RESULT_BYTES, _job_id: str | None = None,
+                 **backend_options: Any):
+        if isinstance(backend, int) and not isinstance(backend, bool):
+            backend, max_workers = "local", _positive_int("max_workers", backend)
+        _check_arguments(max_workers=max_workers, workers=workers,
+                         function_timeout=function_timeout, max_retries=max_retries,
+                         lost_after_margin=lost_after_margin, start_timeout=start_timeout,
+                         max_argument_bytes=max_argument_bytes, max_result_bytes=max_result_bytes)
+        local = not isinstance(backend, Backend) and backend == "local"
+        if local and max_workers is not None and workers not in (None, max_workers):
+            raise ValueError(f"workers={workers} and max_workers={max_workers} disagree: give one")
         # Unguessable, so that nobody else can find the job's objects.
         self.job_id = _job_id or secrets.token_hex(12)
         self.keep_data = keep_data
-        self.max_retries = max_retries
-        self.lost_after_margin = lost_after_margin
         self.max_argument_bytes, self.max_result_bytes = max_argument_bytes, max_result_bytes
         if signing_key is not None:
             backend_options["signing_key"] = signing_key
-        self.backend = _make_backend(backend, workers=workers, function_timeout=function_timeout,
-                                     **backend_options)
+        self.backend = make_backend(backend, workers=(max_workers or workers) if local else workers,
+                                    function_timeout=function_timeout, **backend_options)
+        self._own_folder: str | None = None
         if storage is None:
             storage = self.backend.default_storage()
-        self._own_folder = storage is None
-        self.storage = _make_storage(storage)
+        if storage is None:
+            storage = embedded_store()
+            self._own_folder = storage.root
+            if keep_data:
+                scratch.mark_kept(self._own_folder)
+        self.storage = make_storage(storage)
         self._key = self.backend.signing_key()
-        signing.register_job(self.job_id, self._key)
-        self._storage_spec = self.storage.spec()
+        signing.register_job(self.job_id, self._key)  # for ObjectRef.get() in this process
+        self._sender = secrets.token_hex(3)
 
         self._lock = threading.RLock()
-        self._calls: dict[int, _Call] = {}
-        self._pending: dict[int, _Call] = {}  # submitted, result not yet collected
-        self._low = 0  # every call id below this has been collected
+        self._pending: dict[int, CallFuture] = {}  # submitted, outcome not yet arrived
+        self._done: weakref.WeakValueDictionary[int, CallFuture] = weakref.WeakValueDictionary()
+        self._kept: list[CallFuture] = []  # futures nobody else holds (made by attach)
+        self._rows: dict[int, dict] = {}  # call id -> metrics row (all that stays per call)
         self._next_call = 0
-        self._next_blob = 0
-        self._uploaded: set[str] = set()
+        # Cancelled calls that running invocations must skip (new ones, all so far), and sent
+        # invocations left with nothing to run (stopped unless they have begun).
+        self._cancel_ids: list[int] = []
+        self._cancelled: set[int] = set()
+        self._tombstones: list[wire.Event] = []
+        self._control_due = 0.0
+        self._starts_listed = 0.0
+        # Shutdown protocol (as the stdlib's): a schedule either completes or sees the flag.
+        self._state = threading.Condition(threading.Lock())
         self._shutdown = False
+        self._scheduling = 0
         self._released = False
-        # Invocations awaiting their calls' reports, with the time after which they count as lost
-        # (only for backends that cannot report losses themselves).
-        self._deadlines: dict[int, tuple[dict, float]] = {}
+        self._release_lock = threading.Lock()
 
-        local = isinstance(self.storage, LocalStorage)
-        interval = poll_interval or ((0.002, 0.1) if local else (0.05, 2.0))
-        self._collector = Collector(self.storage, self.job_id, self._on_record, self._pending,
-                                    self._low_pending, min_interval=interval[0],
-                                    max_interval=interval[1], on_idle_poll=self._check_deadlines)
-        try:
-            self.backend.start(self)
+        try:  # the backend learns its time-out as it starts (AWS reads the function's)
+            self.backend.start(_Listener(self))
         except BaseException:
-            self._collector.stop()
+            signing.forget_job(self.job_id)
+            self._remove_own_folder()
             raise
+        timeout = self.backend.function_timeout
+        margin = lost_after_margin
+        self._ledger = Ledger(
+            max_retries=max_retries, function_timeout=timeout, lost_after_margin=margin,
+            start_timeout=start_timeout or max(300.0, 2 * ((timeout or 900.0) + margin)),
+            watch_deadlines=not self.backend.reports_losses,
+            max_in_flight=None if local else max_workers)
+        self._writer = JobWriter(
+            self.storage, self.job_id, self._key, sender=self._sender,
+            max_argument_bytes=max_argument_bytes,
+            options={"max_result_bytes": max_result_bytes, "function_timeout": timeout})
+        interval = poll_interval or ((0.002, 0.1) if isinstance(self.storage, LocalStorage)
+                                     else (0.05, 2.0))
+        self._collector = Collector(self.storage, self.job_id, self._key, self._on_record,
+                                    self._ledger.pending, self._lowest_pending,
+                                    min_interval=interval[0], max_interval=interval[1],
+                                    after_poll=self._after_poll)
+        _live_executors.add(self)
+
+    @property
+    def function_timeout(self) -> float | None:
+        """Seconds one invocation may run (the backend's limit), or None for no limit."""
+        return self.backend.function_timeout
 
     def __repr__(self) -> str:
         return (f"Executor(backend={self.backend.name!r}, storage={self.storage!r}, "
                 f"job_id={self.job_id!r})")
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> bool:
+        # Leaving by an exception (Ctrl-C included) means nobody will read the other results:
+        # cancel them rather than wait for the whole job (the stdlib would wait).
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        return False
 
     # -- the concurrent.futures.Executor interface -------------------------------------------
 
@@ -143,26 +202,36 @@ class Executor(concurrent.futures.Executor):
         return self._schedule(fn, [(args, kwargs)], chunksize=1)[0]
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1, progress: bool = False) -> Iterator:
+            chunksize: int = 1, buffersize: int | None = None,
+            progress: bool = False) -> Iterator:
         """Like the built-in ``map``, each call run remotely; results come in input order.
 
         ``chunksize`` calls share one invocation. The first exception is raised when its
-        position is reached; ``timeout`` (seconds from this call) raises ``TimeoutError``.
+        position is reached, and the calls not yet consumed are cancelled; ``timeout`` (seconds
+        from this call) raises ``TimeoutError``. ``buffersize`` (Python 3.14's name) keeps at
+        most that many calls submitted ahead of the consumer, so that an endless or huge input
+        is consumed lazily; by default every call is submitted at once.
         """
         end_time = None if timeout is None else time.monotonic() + timeout
-        futures = self.map_futures(fn, *iterables, chunksize=chunksize, progress=progress)
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError(f"buffersize must be a positive int or None, got {buffersize!r}")
+        if buffersize is None:
+            futures = self.map_futures(fn, *iterables, chunksize=chunksize, progress=progress)
+            return _results(futures, end_time, refill=None)
+        _check_chunksize(chunksize)
+        args = zip(*iterables)
+        ahead = max(buffersize, chunksize)
 
-        def results() -> Iterator:
-            try:
-                futures.reverse()  # pop from the end: the caller need not hold finished results
-                while futures:
-                    remaining = None if end_time is None else end_time - time.monotonic()
-                    yield _result_or_cancel(futures.pop(), remaining)
-            finally:
-                for future in futures:
-                    future.cancel()
+        def refill(queued: int) -> list[CallFuture]:
+            want = ahead - queued
+            if want < chunksize and queued:
+                return []  # wait for room for a whole batch
+            batch = list(itertools.islice(args, max(want, 1)))
+            if not batch:
+                return []
+            return self._schedule(fn, [(a, {}) for a in batch], chunksize=chunksize)
 
-        return results()
+        return _results(refill(0), end_time, refill=refill)
 
     def map_futures(self, fn: Callable, *iterables: Iterable, chunksize: int = 1,
                     progress: bool = False) -> list[CallFuture]:
@@ -171,21 +240,32 @@ class Executor(concurrent.futures.Executor):
         return self._schedule(fn, calls, chunksize=chunksize, progress=progress)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work; by default wait for the calls, then free workers and data."""
-        with self._lock:
-            if self._shutdown:
-                return
+        """Stop accepting work; by default wait for the calls, then free workers and data.
+
+        ``cancel_futures=True`` cancels every call whose result has not arrived (also those
+        running remotely: see :meth:`CallFuture.cancel`) and returns promptly. A Ctrl-C while
+        waiting cancels the job, releases it and re-raises. Calling it again after an
+        interrupted shutdown finishes the release.
+        """
+        with self._state:
             self._shutdown = True
-            futures = [c.future for c in self._calls.values()]
+            # A schedule under way completes first, so that it never invokes after the release.
+            self._state.wait_for(lambda: self._scheduling == 0)
         if cancel_futures:
-            for future in futures:
-                future.cancel()
-        if wait:
-            concurrent.futures.wait(futures)
-            self._release()
-        else:
-            threading.Thread(target=lambda: (concurrent.futures.wait(futures), self._release()),
-                             daemon=True).start()
+            self._cancel_all()
+        if not wait:
+            threading.Thread(target=self._release_when_done, name="lambdamap-release",
+                             daemon=False).start()
+            return
+        try:
+            with self._lock:
+                outstanding = list(self._pending.values())
+            concurrent.futures.wait(outstanding)
+        except BaseException:
+            self._cancel_all()
+            self._release_safely()
+            raise
+        self._release_safely()
 
     # -- data by reference ---------------------------------------------------------------------
 
@@ -198,11 +278,8 @@ class Executor(concurrent.futures.Executor):
             X_ref = ex.put(X)
             scores = ex.map(lambda X, seed: fit(X, seed), itertools.repeat(X_ref, 100), range(100))
         """
-        blob = serialize.dumps(obj, "object")
-        key = wire.obj_key(self.job_id, serialize.digest(blob))
-        self._upload_once(key, blob)
-        remember(key, obj, len(blob))
-        return ObjectRef(key, self._storage_spec, len(blob))
+        self._check_open()
+        return self._writer.put_object(obj)
 
     # -- recovering a job ------------------------------------------------------------------------
 
@@ -224,27 +301,31 @@ class Executor(concurrent.futures.Executor):
         ``signing_key``.
         """
         ex = cls(backend, storage=storage, _job_id=job_id, **options)
-        manifests = ex.storage.list(f"{wire.job_prefix(job_id)}manifest/")
-        if not manifests:
+        try:
+            events = ex._writer.read_manifests()
+        except BaseException:
+            ex.shutdown()
+            raise
+        if not events:
             ex.shutdown()
             raise ValueError(f"no job {job_id!r} in {ex.storage!r}: nothing to attach to "
                              "(was it cleaned up? pass the storage it ran with)")
-        events = [e for key in manifests
-                  for e in json.loads(signing.unseal(ex._key, key, ex.storage.get(key)))]
         done = {wire.call_id_of(k) for k in ex.storage.list(wire.status_prefix(job_id))}
+        now = time.time()
         with ex._lock:
             for event in events:
-                for cid in event["calls"]:
-                    ex._register(_Call(CallFuture(cid), time.time(), 0))
-            ex._next_call = max(c for e in events for c in e["calls"]) + 1
-            ex._next_blob = int(manifests[-1].rsplit("/", 1)[1]) + 1
-        rerun = [dict(e, calls=todo, attempt=e.get("attempt", 0) + 1) for e in events
-                 if (todo := [c for c in e["calls"] if c not in done])]
+                for cid in event.calls:
+                    future = ex._new_future(cid, now, 0)
+                    ex._kept.append(future)
+                    ex._ledger.add([cid])
+            ex._next_call = max(c for e in events for c in e.calls) + 1
+        rerun = [e.retry(todo, ex._sender) for e in events
+                 if (todo := [c for c in e.calls if c not in done])]
         log.info("attached to job %s: %d calls, %d finished, %d invocations re-run", job_id,
-                 len(ex._calls), len(done), len(rerun))
+                 len(ex._kept), len(done), len(rerun))
         if rerun:
-            ex._invoke(rerun)
-        ex.wake()
+            ex._send(rerun)
+        ex._collector.wake()
         return ex
 
     @property
@@ -254,9 +335,16 @@ class Executor(concurrent.futures.Executor):
 
     @property
     def futures(self) -> list[CallFuture]:
-        """Every future of this executor, in call order."""
+        """The futures of this executor still alive (held by someone), in call order.
+
+        The executor itself holds a future only until its outcome arrives (and those made by
+        :meth:`attach`), so that a long-lived executor's memory stays flat.
+        """
         with self._lock:
-            return [self._calls[cid].future for cid in sorted(self._calls)]
+            alive = dict(self._done.items())
+            alive.update(self._pending)
+            alive.update((f.call_id, f) for f in self._kept)
+        return [alive[cid] for cid in sorted(alive)]
 
     # -- diagnostics ---------------------------------------------------------------------------
 
@@ -265,306 +353,340 @@ class Executor(concurrent.futures.Executor):
         import pandas as pd  # here: workers import lambdamap too, and need no pandas
 
         with self._lock:
-            rows = []
-            for call_id, call in self._calls.items():
-                s = call.status
-                rows.append({
-                    "call_id": call_id, "submitted": call.submitted, "started": s.get("started"),
-                    "finished": s.get("finished"), "duration": s.get("duration"),
-                    "peak_memory_mb": s.get("peak_memory_mb"), "worker": s.get("worker"),
-                    "warm": s.get("warm"), "bytes_in": call.bytes_in, "bytes_out": s.get("bytes_out"),
-                    "attempt": s.get("attempt"), "ok": s.get("ok"), "error_type": s.get("error_type"),
-                })
-        columns = ["call_id", "submitted", "started", "finished", "duration", "peak_memory_mb",
-                   "worker", "warm", "bytes_in", "bytes_out", "attempt", "ok", "error_type"]
-        return pd.DataFrame(rows, columns=columns)
+            rows = [dict(row) for _, row in sorted(self._rows.items())]
+        return pd.DataFrame(rows, columns=METRICS_COLUMNS)
 
     # -- scheduling ------------------------------------------------------------------------------
 
-    def _schedule(self, fn: Callable, calls: list[tuple[tuple, dict]], chunksize: int,
-                  progress: bool = False) -> list[CallFuture]:
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+    def _check_open(self) -> None:
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _schedule(self, fn: Callable, calls: list[tuple[tuple, dict]], chunksize: int,
+                  progress: bool = False) -> list[CallFuture]:
+        _check_chunksize(chunksize)
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        fn_key = self._upload_function(fn)
+        with self._state:
+            self._check_open()
+            self._scheduling += 1
+        try:
+            return self._write_and_send(fn, calls, chunksize, progress)
+        finally:
+            with self._state:
+                self._scheduling -= 1
+                self._state.notify_all()
+
+    def _write_and_send(self, fn: Callable, calls: list[tuple[tuple, dict]], chunksize: int,
+                        progress: bool) -> list[CallFuture]:
+        fn_key = self._writer.function(fn)
         with self._lock:
             first = self._next_call
             self._next_call += len(calls)
-        # Pickle every argument before anything is invoked: a bad one fails the whole map early.
-        payloads = [_dump_arguments(fn, args, kwargs, first + i) for i, (args, kwargs) in enumerate(calls)]
-        for i, payload in enumerate(payloads):
-            if len(payload) > self.max_argument_bytes:
-                raise PayloadTooLargeError(
-                    f"the arguments of call {first + i} pickle to {_mb(len(payload))}, above "
-                    f"max_argument_bytes={_mb(self.max_argument_bytes)}: pass large data by "
-                    "reference (ref = ex.put(data)) or raise the limit; nothing was submitted")
-
-        futures: list[CallFuture] = []
-        # one dict shared by the events
-        options = {"max_result_bytes": self.max_result_bytes,
-                   "function_timeout": self.backend.function_timeout}
+        payloads = self._writer.arguments(fn, calls, first)
         tick = _progress_bar(len(calls), getattr(fn, "__name__", "calls")) if progress else None
-        blob, events, blob_no = bytearray(), [], None
-        for start in range(0, len(payloads), chunksize):
-            if blob_no is None:
-                with self._lock:
-                    blob_no, self._next_blob = self._next_blob, self._next_blob + 1
-            ids = range(first + start, first + min(start + chunksize, len(payloads)))
-            args = wire.args_key(self.job_id, blob_no)
-            packed = wire.pack_batch([(cid, payloads[cid - first]) for cid in ids], self._key,
-                                     wire.batch_label(args, len(blob)))
-            event = wire.make_event(storage=self._storage_spec, job_id=self.job_id, fn=fn_key,
-                                    args=args, byte_range=(len(blob), len(blob) + len(packed)),
-                                    calls=list(ids), signed=self._key is not None,
-                                    options=options,
-                                    manifest=wire.manifest_key(self.job_id, blob_no))
-            blob += packed
-            events.append(event)
+        futures: list[CallFuture] = []
+        for blob, events in self._writer.batches(fn_key, payloads, first, chunksize):
             now = time.time()
-            for cid in ids:
-                future = CallFuture(cid)
-                future.on_collected = tick
-                futures.append(future)
-                self._register(_Call(future, now, len(payloads[cid - first])))
-            if len(blob) >= ARGS_BLOB_BYTES:
-                self._launch(bytes(blob), events)
-                blob, events, blob_no = bytearray(), [], None
-        if events:
-            self._launch(bytes(blob), events)
+            batch = []
+            with self._lock:
+                for event in events:
+                    for cid in event.calls:
+                        future = self._new_future(cid, now, len(payloads[cid - first]))
+                        future.on_collected = tick
+                        batch.append(future)
+                    self._ledger.add(event.calls)
+            futures.extend(batch)
+            try:
+                self._writer.write(blob, events)
+                self._send(events)
+            except BaseException as exc:
+                # Nothing may wait for calls that were never sent: they fail with the cause.
+                self._fail_unsent(batch, exc)
+                raise
         return futures
 
-    def _launch(self, blob: bytes, events: list[dict]) -> None:
-        """Upload one argument blob with its manifest, then invoke its events.
+    def _new_future(self, call_id: int, submitted: float, bytes_in: int) -> CallFuture:
+        future = CallFuture(call_id)
+        future.on_cancel = self._on_cancel
+        self._pending[call_id] = future
+        self._rows[call_id] = {"call_id": call_id, "submitted": submitted, "bytes_in": bytes_in,
+                               "cancelled": False}
+        return future
 
-        If that fails (the store refuses, an event is too large), the calls of these events are
-        failed with the error, so that nothing waits for them, and the error is raised.
-        """
-        try:
-            self.storage.put(events[0]["args"], blob)
-            manifest = events[0]["manifest"]  # the blob's events all name the same manifest
-            self.storage.put(manifest, signing.seal(self._key, manifest, json.dumps(events).encode()))
-            self._invoke(events)
-        except BaseException as exc:
-            with self._lock:
-                calls = [self._pending.pop(cid) for e in events for cid in e["calls"]
-                         if cid in self._pending]
-                for event in events:
-                    self._deadlines.pop(id(event), None)
-            for call in calls:
-                if call.future.set_running_or_notify_cancel():
-                    call.future.set_exception(exc)
-            raise
-
-    def _upload_function(self, fn: Callable) -> str:
-        blob = serialize.dumps(fn, f"function {getattr(fn, '__qualname__', fn)!r}:")
-        key = wire.fn_key(self.job_id, serialize.digest(blob))
-        self._upload_once(key, blob)
-        return key
-
-    def _upload_once(self, key: str, blob: bytes) -> None:
-        """Store a content-addressed blob, sealed, unless this executor already did."""
-        if key not in self._uploaded:
-            self.storage.put(key, signing.seal(self._key, key, blob))
-            self._uploaded.add(key)
-
-    def _register(self, call: _Call) -> None:
+    def _fail_unsent(self, futures: list[CallFuture], exc: BaseException) -> None:
         with self._lock:
-            self._calls[call.future.call_id] = call
-            self._pending[call.future.call_id] = call
+            for future in futures:
+                self._ledger.resolve(future.call_id)
+                self._pending.pop(future.call_id, None)
+                self._done[future.call_id] = future
+        for future in futures:
+            try:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+            except RuntimeError:
+                pass
 
-    def _invoke(self, events: list[dict]) -> None:
-        if not self.backend.reports_losses:
-            deadline = time.monotonic() + (self.backend.function_timeout or 900) + self.lost_after_margin
-            with self._lock:
-                for event in events:
-                    self._deadlines[id(event)] = (event, deadline)
-        self.backend.invoke(events)
-
-    def _check_deadlines(self) -> None:
-        """Declare lost the invocations whose calls stayed silent past their deadline."""
-        if not self._deadlines:
-            return
-        now = time.monotonic()
+    def _send(self, events: list[wire.Event]) -> None:
+        """Queue events and hand the backend those that have a slot (all, unless capped)."""
         with self._lock:
-            expired = []
-            for key, (event, deadline) in list(self._deadlines.items()):
-                if not any(cid in self._pending for cid in event["calls"]):
-                    del self._deadlines[key]
-                elif now > deadline:
-                    del self._deadlines[key]
-                    expired.append(event)
-        for event in expired:
-            memory = getattr(self.backend, "memory_mb", None)
-            memory = f" (its configured {memory} MB)" if memory else ""
-            self.invocation_lost(event, (
-                f"no report within {self.backend.function_timeout} s (the function time-out) plus "
-                f"{self.lost_after_margin} s: the invocation probably timed out, ran out of "
-                f"memory{memory} or was never delivered"), timed_out=False)
+            if self._released:
+                return
+            self._ledger.queue(events)
+            ready = self._ledger.take(time.monotonic())
+        if ready:
+            self.backend.invoke(ready)
 
     # -- collecting ------------------------------------------------------------------------------
 
-    def _low_pending(self) -> int:
+    def _lowest_pending(self) -> int | None:
         with self._lock:
-            while self._low < self._next_call and self._low not in self._pending:
-                self._low += 1
-            return self._low
+            return self._ledger.lowest_pending()
 
     def _on_record(self, record: wire.CallRecord) -> None:
         with self._lock:
-            call = self._pending.pop(record.call_id, None)
-        if call is None:
-            return
-        call.status = record.status
-        future = call.future
+            if not self._ledger.resolve(record.call_id):
+                return
+            future = self._pending.pop(record.call_id)
+            self._done[record.call_id] = future
+            self._rows[record.call_id].update(_row_of(record.status))
+            slots = self._ledger.queued() > 0
+        if slots:
+            self._send([])
         future.stdout, future.stderr, future.logs = record.stdout, record.stderr, record.logs
         future.status, future.remote_traceback = record.status, record.traceback
         if future.on_collected is not None:
             future.on_collected(future)
-        if not future.set_running_or_notify_cancel():
-            return  # cancelled while it ran: its result is dropped
+        try:
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled just now: its result is dropped
+        except RuntimeError:
+            return
         try:
             value, error = outcome(record)
-        except Exception as exc:  # noqa: BLE001 - e.g. the result's class is unknown here
+        except BaseException as exc:  # noqa: BLE001 - e.g. the result's class is unknown here
             value, error = None, SerializationError(
-                f"the result of call {record.call_id} could not be unpickled at the client: {exc}")
+                f"the result of call {record.call_id} could not be unpickled at the client: "
+                f"{type(exc).__name__}: {exc}")
         if error is None:
             future.set_result(value)
         else:
             future.set_exception(error)
 
-    # -- the InvocationListener interface (called from the backend's threads) ---------------------
+    # -- cancelling ------------------------------------------------------------------------------
 
-    def wake(self, finished=None) -> None:
-        self._collector.wake(finished)
-
-    def invocation_lost(self, event: dict, cause: str, timed_out: bool) -> None:
-        """Re-invoke the unfinished calls of a lost invocation, or fail the one that was running.
-
-        Calls of a batch run in order, so the first unfinished call is the one that was running
-        when the invocation was lost: only it is blamed (and, after a time-out, failed at once).
-        """
+    def _on_cancel(self, future: CallFuture) -> None:
         with self._lock:
-            self._deadlines.pop(id(event), None)  # it is lost: its old deadline must not fire again
-            unfinished = [cid for cid in event["calls"] if cid in self._pending]
-        unfinished = [cid for cid in unfinished
-                      if not self.storage.exists(wire.status_key(self.job_id, cid))]
-        if not unfinished:
-            self.wake()
-            return
-        culprit, rest = unfinished[0], unfinished[1:]
-        call = self._calls[culprit]
-        call.losses += 1
-        if timed_out:
-            self._fail(culprit, CallTimeoutError(
-                f"call {culprit} of job {self.job_id} did not finish: {cause}"), event)
-        elif call.losses > self.max_retries:
-            self._fail(culprit, WorkerLostError(
-                f"call {culprit} of job {self.job_id} was lost {call.losses} times "
-                f"(max_retries={self.max_retries}); last cause: {cause}"), event)
-        else:
-            log.warning("call %d of job %s lost (%s); running it again", culprit, self.job_id, cause)
-            rest = unfinished
-        if rest and not self._released:
-            self._invoke([dict(event, calls=rest, attempt=event.get("attempt", 0) + 1)])
-        self.wake()
+            in_flight, emptied = self._ledger.cancel(future.call_id)
+            if future.call_id not in self._pending:
+                return
+            del self._pending[future.call_id]
+            self._rows[future.call_id]["cancelled"] = True
+            if in_flight:  # a running invocation may reach it: tell it to skip the call
+                self._cancel_ids.append(future.call_id)
+            if emptied is not None:  # nothing left to run: stop it if it has not begun
+                self._tombstones.append(emptied)
+        self._collector.wake()
 
-    def _fail(self, call_id: int, error: Exception, event: dict) -> None:
+    def _cancel_all(self) -> None:
+        with self._lock:
+            outstanding = list(self._pending.values())
+        for future in outstanding:
+            future.cancel()
+        if not self.keep_data:
+            with self._lock:  # deleting the job's data (next) stops unstarted invocations too
+                self._tombstones.clear()
+        self._write_control(force=True)
+
+    def _write_control(self, force: bool = False) -> None:
+        """Tell running invocations about cancelled calls; stop those not yet begun."""
+        now = time.monotonic()
+        with self._lock:
+            if not (self._cancel_ids or self._tombstones) or self._released:
+                return
+            if not force and now < self._control_due:
+                return
+            self._control_due = now + CONTROL_WRITE_INTERVAL
+            self._cancelled.update(self._cancel_ids)
+            self._cancel_ids.clear()
+            cancelled = "all" if not self._pending else sorted(self._cancelled)
+            tombstones, self._tombstones = self._tombstones, []
+        try:
+            self._writer.write_control(cancelled)
+            for event in tombstones:
+                self._writer.cancel_invocation(event)
+        except Exception:  # noqa: BLE001 - best effort: the calls are cancelled at the client anyway
+            log.warning("lambdamap: could not record cancellations in the store", exc_info=True)
+
+    # -- watching invocations (collector thread) ---------------------------------------------------
+
+    def _after_poll(self) -> None:
+        self._write_control()
+        now = time.monotonic()
+        with self._lock:
+            unstarted = self._ledger.unstarted()
+        if unstarted and now - self._starts_listed >= START_LIST_INTERVAL:
+            self._starts_listed = now
+            prefix = wire.start_prefix(self.job_id)
+            blob = unstarted[0].split(".", 1)[0]
+            keys = self.storage.list(prefix, start_after=prefix + blob)
+            with self._lock:
+                for key in keys:
+                    self._ledger.started(key[len(prefix):], now)
+        with self._lock:
+            expired = self._ledger.expired(now)
+        for event, cause in expired:
+            memory = self.backend.memory_mb
+            if memory:
+                cause += f" (its configured memory: {memory} MB)"
+            self._lost(event, cause, timed_out=False)
+
+    def _lost(self, event: wire.Event, cause: str, timed_out: bool) -> None:
+        """Run the unfinished calls of a lost invocation again, or fail the one that was running."""
+        with self._lock:
+            unfinished = [c for c in event.calls if c in self._ledger.pending]
+        finished = [c for c in unfinished
+                    if self.storage.exists(wire.status_key(self.job_id, c))]
+        with self._lock:
+            verdict = self._ledger.lost(event, cause, timed_out=timed_out, finished=finished,
+                                        job_id=self.job_id, sender=self._sender)
+        for call_id, error in verdict.fail:
+            self._fail(call_id, error, event)
+        if verdict.retried is not None:
+            log.warning("call %d of job %s lost (%s); running it again", verdict.retried,
+                        self.job_id, cause)
+        if verdict.resend is not None:
+            try:
+                self._send([verdict.resend])
+            except RuntimeError:
+                pass  # the backend closed meanwhile: the job is being released
+        self._collector.wake()
+
+    def _fail(self, call_id: int, error: Exception, event: wire.Event) -> None:
         """Record the failure in the store, like any result, so that it counts exactly once."""
+        if self._released:
+            return
         record = wire.failure_record(call_id, error)
         wire.write_record(self.storage, self.job_id, record, started=time.time(), bytes_in=0,
-                          worker="client", warm=False, attempt=event.get("attempt", 0))
+                          worker="client", warm=False, attempt=event.attempt,
+                          signing_key=self._key)
 
     # -- cleaning up -------------------------------------------------------------------------------
 
+    def _release_when_done(self) -> None:
+        with self._lock:
+            outstanding = list(self._pending.values())
+        concurrent.futures.wait(outstanding)
+        self._release()
+
+    def _release_safely(self) -> None:
+        """Release in a non-daemon thread: a second Ctrl-C cannot stop it half-way (the
+        interpreter waits for it at exit), and a later ``shutdown()`` finishes it too."""
+        if _interpreter_exiting:
+            self._release()
+            return
+        worker = threading.Thread(target=self._release, name="lambdamap-release")
+        worker.start()
+        worker.join()
+
     def _release(self) -> None:
-        self._released = True
-        signing.forget_job(self.job_id)
-        self._collector.stop()
-        self.backend.close()
-        if not self.keep_data:
-            self.storage.delete(wire.job_prefix(self.job_id))
-            if self._own_folder:
-                shutil.rmtree(self.storage.root, ignore_errors=True)
-        else:
-            log.info("lambdamap: kept job %s in %r", self.job_id, self.storage)
+        with self._release_lock:
+            if self._released:
+                return
+            with self._lock:
+                self._released = True
+            self._collector.stop()
+            self.backend.close()
+            signing.forget_job(self.job_id)
+            if not self.keep_data:
+                self.storage.delete(wire.job_prefix(self.job_id))
+                self._remove_own_folder()
+            else:
+                log.info("lambdamap: kept job %s in %r", self.job_id, self.storage)
+            _live_executors.discard(self)
+
+    def _remove_own_folder(self) -> None:
+        if self._own_folder is not None and not self.keep_data:
+            shutil.rmtree(self._own_folder, ignore_errors=True)
+
+
+class _Listener:
+    """What the backend may tell the executor (see :class:`~lambdamap.backends.base.InvocationListener`)."""
+
+    def __init__(self, executor: Executor):
+        self._executor = executor
+
+    def invocation_lost(self, event: wire.Event, cause: str, timed_out: bool) -> None:
+        self._executor._lost(event, cause, timed_out)
+
+    def wake(self, finished: Iterable[int] | None = None) -> None:
+        self._executor._collector.wake(finished)
+
+    def live(self, event: wire.Event) -> wire.Event | None:
+        with self._executor._lock:
+            return self._executor._ledger.live(event)
+
+
+# -- interpreter exit ------------------------------------------------------------------------------
+
+_live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _at_exit() -> None:
+    """As the stdlib's executors: pending calls finish before the interpreter exits — unless it
+    exits because of Ctrl-C, which cancels them; then every executor is released."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    for executor in list(_live_executors):
+        try:
+            executor.shutdown(wait=True, cancel_futures=interrupted)
+        except BaseException:  # noqa: BLE001 - go on releasing the others
+            log.exception("lambdamap: releasing %r at exit failed", executor)
+
+
+def _forget_in_child() -> None:
+    # A forked child (e.g. a ProcessPoolExecutor's worker) runs the exit hooks too: the parent's
+    # executors are not its to release.
+    _live_executors.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+# Runs when the main thread ends, before non-daemon threads are joined and before atexit hooks,
+# like concurrent.futures' own hook; atexit is the fallback where that hook does not exist.
+try:
+    threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover
+    import atexit
+
+    atexit.register(_at_exit)
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def default_store_dir() -> str | None:
-    """Where the embedded store's temporary folder goes.
+def _results(futures: list[CallFuture], end_time: float | None,
+             refill: Callable[[int], list[CallFuture]] | None) -> Iterator:
+    """Yield the futures' results in order, cancelling the rest if the consumer stops."""
+    pending = list(reversed(futures))  # pop from the end: no reference to yielded results
 
-    ``$LAMBDAMAP_STORE_DIR`` if set; else ``/dev/shm`` (RAM-backed: creating a small file there
-    takes ~20 µs against ~600 µs on a disk with ``discard``) when it is writable with at least
-    1 GiB free; else the system's temporary folder.
-    """
-    chosen = os.environ.get("LAMBDAMAP_STORE_DIR")
-    if chosen:
-        return chosen
-    shm = "/dev/shm"
-    try:
-        stats = os.statvfs(shm)
-        if os.access(shm, os.W_OK) and stats.f_bavail * stats.f_frsize >= 2**30:
-            return shm
-    except OSError:
-        pass
-    return None
+    def results() -> Iterator:
+        try:
+            while pending:
+                if refill is not None:  # keep the buffer full behind the call about to be read
+                    pending[:0] = list(reversed(refill(len(pending) - 1)))
+                remaining = None if end_time is None else end_time - time.monotonic()
+                # No local name for the future: a suspended generator would keep its result alive.
+                yield _result_or_cancel(pending.pop(), remaining)
+        finally:
+            for future in pending:
+                future.cancel()
 
-
-def _make_storage(storage: Storage | str | None) -> Storage:
-    if storage is None:
-        return LocalStorage(tempfile.mkdtemp(prefix="lambdamap-", dir=default_store_dir()))
-    if isinstance(storage, Storage):
-        return storage
-    if isinstance(storage, str) and storage.startswith("s3://"):
-        bucket, _, prefix = storage[5:].partition("/")
-        s3 = S3Storage(bucket, prefix)
-        s3.check()
-        return s3
-    if isinstance(storage, str):
-        return LocalStorage(storage)
-    raise TypeError(f"storage must be a Storage, a folder path or an s3:// URI, not {storage!r}")
-
-
-def _make_backend(backend: str | Backend, *, workers: int | None,
-                  function_timeout: float | None, **options: Any) -> Backend:
-    if isinstance(backend, Backend):
-        if options:
-            raise TypeError(f"unexpected options {sorted(options)} with a Backend instance")
-        return backend
-    if backend == "local":
-        from .backends.local import LocalBackend
-
-        signing_key = options.pop("signing_key", None)
-        if options:
-            raise TypeError(f"unexpected options {sorted(options)} for the local backend")
-        return LocalBackend(workers, function_timeout=function_timeout, signing_key=signing_key)
-    if backend == "aws":
-        from .backends.aws import AWSBackend
-
-        return AWSBackend.from_settings(function_timeout=function_timeout, **options)
-    raise ValueError(f"unknown backend {backend!r}: use 'local', 'aws' or a Backend instance")
-
-
-def _dump_arguments(fn: Callable, args: tuple, kwargs: dict, call_id: int) -> bytes:
-    try:
-        return serialize.dumps((args, kwargs), "arguments")
-    except SerializationError:
-        pass
-    # Slow path, only on failure: find the argument to name in the message.
-    named = [(f"argument {i}", a) for i, a in enumerate(args)] + \
-            [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-    for label, value in named:
-        serialize.dumps(value, f"{label} of call {call_id} to {getattr(fn, '__qualname__', fn)}:")
-    raise SerializationError(f"cannot serialize the arguments of call {call_id}")
-
-
-def _mb(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
+    return results()
 
 
 def _result_or_cancel(future: concurrent.futures.Future, timeout: float | None) -> Any:
@@ -575,6 +697,40 @@ def _result_or_cancel(future: concurrent.futures.Future, timeout: float | None) 
             future.cancel()
     finally:
         del future  # break a reference cycle with the exception's traceback
+
+
+def _row_of(status: dict) -> dict:
+    keys = ("started", "finished", "duration", "peak_memory_mb", "worker", "warm", "bytes_out",
+            "attempt", "ok", "error_type")
+    return {k: status.get(k) for k in keys}
+
+
+def _check_chunksize(chunksize: int) -> None:
+    if not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_arguments(*, max_workers, workers, function_timeout, max_retries, lost_after_margin,
+                     start_timeout, max_argument_bytes, max_result_bytes) -> None:
+    """Refuse nonsense early, naming the argument (the stdlib raises ValueError too)."""
+    for name, value in (("max_workers", max_workers), ("workers", workers)):
+        if value is not None:
+            _positive_int(name, value)
+    for name, value in (("function_timeout", function_timeout), ("start_timeout", start_timeout)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    if not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if not isinstance(lost_after_margin, (int, float)) or lost_after_margin < 0:
+        raise ValueError(f"lost_after_margin must be >= 0 seconds, got {lost_after_margin!r}")
+    _positive_int("max_argument_bytes", max_argument_bytes)
+    _positive_int("max_result_bytes", max_result_bytes)
 
 
 def _progress_bar(total: int, label: str) -> Callable[[CallFuture], None]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from typing import Any, Callable, Iterable
 
 
 class CallFuture(concurrent.futures.Future):
@@ -13,8 +14,11 @@ class CallFuture(concurrent.futures.Future):
     * ``status``: its measurements (start/end, duration, peak memory, worker, warm, bytes);
     * ``remote_traceback``: the formatted traceback of a remote exception, or ``""``.
 
-    The future stays *pending* until its result arrives, so ``cancel()`` succeeds until then;
-    the call itself may still run remotely (its result is then ignored).
+    The future stays *pending* until its result arrives, so ``cancel()`` succeeds until then —
+    also while the call runs remotely (unlike the stdlib's futures, which cannot be cancelled
+    once running): waiters are told at once, an invocation not yet sent never runs it, and one
+    already running skips it if it has not started it. A call already under way may finish;
+    its result is then dropped.
     """
 
     def __init__(self, call_id: int):
@@ -27,7 +31,48 @@ class CallFuture(concurrent.futures.Future):
         self.remote_traceback = ""
         # Called by the collector just before the future is resolved (progress bars use it: a
         # done-callback would run only after waiters have already been woken).
-        self.on_collected = None
+        self.on_collected: Callable[[CallFuture], None] | None = None
+        # Set by the executor: told when the future is cancelled, to stop the remote call.
+        self.on_cancel: Callable[[CallFuture], None] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the call unless its result has arrived; True if it is now cancelled."""
+        if not super().cancel():
+            return False
+        # Notify waiters now: a stdlib executor does this when a worker picks the call up,
+        # which for a remote call may be never.
+        try:
+            self.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass  # another thread notified first
+        if self.on_cancel is not None:
+            self.on_cancel(self)
+        return True
 
     def __repr__(self) -> str:
         return super().__repr__().replace("<Future", f"<CallFuture call={self.call_id}", 1)
+
+
+def collect_results(futures: Iterable[concurrent.futures.Future],
+                    timeout: float | None = None) -> list[Any]:
+    """The results of ``futures`` in their order; on the first failure, cancel the rest and raise.
+
+    Unlike ``[f.result() for f in futures]``, a failure (or ``timeout``, or Ctrl-C) surfaces as
+    soon as it happens, not when its turn comes, and the calls still outstanding are cancelled::
+
+        results = collect_results(ex.submit(fit, fold) for fold in folds)
+    """
+    futures = list(futures)
+    try:
+        done, not_done = concurrent.futures.wait(
+            futures, timeout, return_when=concurrent.futures.FIRST_EXCEPTION)
+        if not_done:
+            failed = [f for f in done if not f.cancelled() and f.exception() is not None]
+            if not failed:
+                raise concurrent.futures.TimeoutError(
+                    f"{len(not_done)} of {len(futures)} calls unfinished after {timeout} s")
+        return [f.result() for f in futures]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise

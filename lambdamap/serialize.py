@@ -19,7 +19,7 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import SerializationError
+from .errors import InvocationDeadline, SerializationError
 
 # Packages the runtime always has; never shipped by value even when installed in editable mode.
 _RUNTIME_PACKAGES = {"lambdamap", "runtime_layer", "dml", "forest"}
@@ -78,7 +78,9 @@ def dumps(obj: Any, what: str) -> bytes:
         _ship_user_modules_of(obj)
     try:
         return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
+    except InvocationDeadline:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a user's __reduce__ may raise even SystemExit
         text = repr(obj)
         if len(text) > 200:
             text = text[:200] + "..."

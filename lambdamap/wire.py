@@ -11,8 +11,12 @@ Layout of one job (everything below ``jobs/<job_id>/``, an unguessable random id
     result/<call>      one pickled :class:`CallRecord` per call (value or exception + output)
     status/<call>      one small JSON status per call, written after the result: its presence
                        means "finished"; the collector lists this prefix to learn what is done
+    start/<invocation> written by the runtime as an invocation begins (one per invocation): the
+                       client's loss deadline counts from it; the client writes ``cancelled``
+                       there first to stop an invocation that has not begun
+    control            JSON of the calls cancelled while invocations run (checked now and then)
 
-The event an invocation receives is small JSON (keys, never data); see :func:`make_event`. Both
+The event an invocation receives is small JSON (keys, never data); see :class:`Event`. Both
 sides check ``WIRE_VERSION`` and the Python minor version, because cloudpickle does not travel
 across Python versions.
 """
@@ -23,12 +27,13 @@ import pickle
 import sys
 import time
 import traceback as traceback_module
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Iterable
 
 from . import signing
 from .errors import IntegrityError, RuntimeMismatchError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: invocation ids, start markers, the control record
 CALL_ID_WIDTH = 8  # zero-padded so that keys sort in call order
 
 
@@ -75,36 +80,103 @@ def call_id_of(key: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Invocation markers and the job's control record
+
+
+def start_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/start/"
+
+
+def start_key(job_id: str, invocation: str) -> str:
+    """Written by the runtime when an invocation begins: loss deadlines count from its presence."""
+    return f"{start_prefix(job_id)}{invocation}"
+
+
+#: The content of a start marker written by the client instead: "never run this invocation".
+CANCELLED_MARK = b"cancelled"
+
+
+def control_key(job_id: str) -> str:
+    """JSON ``{"cancelled": [call ids] | "all"}``: what running invocations must skip."""
+    return f"jobs/{job_id}/control"
+
+
+# ---------------------------------------------------------------------------------------------
 # Events
 
 
-def make_event(*, storage: dict, job_id: str, fn: str, args: str, byte_range: tuple[int, int],
-               calls: list[int], attempt: int = 0, options: dict | None = None,
-               signed: bool = False, manifest: str | None = None) -> dict:
-    """The JSON event of one invocation: which function, which argument batch, which calls.
+@dataclass(frozen=True)
+class Event:
+    """What one invocation receives: which function, which argument batch, which calls.
 
-    ``calls`` are the call ids of the batch to run (a retry may run only the unfinished ones).
+    Small JSON on the wire (keys, never data): :meth:`to_json` / :meth:`from_json`. ``calls`` are
+    the call ids to run (a retry may run only the unfinished ones). ``invocation`` names this
+    invocation (blob, index, attempt, sender): the runtime's start marker is written under it.
     ``manifest`` names the job's manifest for this blob: a runtime that finds it gone knows the
     job was cleaned up, and a late duplicate then does nothing.
     """
-    return {
-        "wire_version": WIRE_VERSION,
-        "python": python_version(),
-        "storage": storage,
-        "job_id": job_id,
-        "fn": fn,
-        "args": args,
-        "range": list(byte_range),
-        "calls": list(calls),
-        "attempt": attempt,
-        "options": options or {},
-        "signed": signed,
-        "manifest": manifest,
-    }
+
+    storage: dict
+    job_id: str
+    fn: str
+    args: str
+    range: tuple[int, int]
+    calls: tuple[int, ...]
+    invocation: str
+    attempt: int = 0
+    options: dict = field(default_factory=dict)
+    signed: bool = False
+    manifest: str | None = None
+    wire_version: int = WIRE_VERSION
+    python: str = field(default_factory=lambda: python_version())
+
+    def to_json(self) -> dict:
+        """The JSON-able dict that travels to the runtime."""
+        return {"wire_version": self.wire_version, "python": self.python, "storage": self.storage,
+                "job_id": self.job_id, "fn": self.fn, "args": self.args, "range": list(self.range),
+                "calls": list(self.calls), "invocation": self.invocation, "attempt": self.attempt,
+                "options": self.options, "signed": self.signed, "manifest": self.manifest}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Event":
+        """Rebuild an event; call :func:`check_event` first for a clear error on a foreign one."""
+        return cls(storage=data["storage"], job_id=data["job_id"], fn=data["fn"], args=data["args"],
+                   range=tuple(data["range"]), calls=tuple(data["calls"]),
+                   invocation=data.get("invocation") or "", attempt=data.get("attempt", 0),
+                   options=data.get("options") or {}, signed=bool(data.get("signed")),
+                   manifest=data.get("manifest"), wire_version=data.get("wire_version"),
+                   python=data.get("python"))
+
+    def with_calls(self, calls: Iterable[int]) -> "Event":
+        """The same invocation, running only ``calls`` (e.g. without cancelled ones)."""
+        return replace(self, calls=tuple(calls))
+
+    def retry(self, calls: Iterable[int], sender: str) -> "Event":
+        """A new invocation (next attempt) of ``calls`` of this event."""
+        blob, index = self.invocation.split(".")[:2] if self.invocation else ("0", "0")
+        return replace(self, calls=tuple(calls), attempt=self.attempt + 1,
+                       invocation=invocation_id(int(blob), int(index), self.attempt + 1, sender))
 
 
-def check_event(event: dict) -> None:
+def invocation_id(blob: int, index: int, attempt: int, sender: str) -> str:
+    """``blob.index.attempt.sender``: sorts in dispatch order; unique per sending client."""
+    return f"{blob:0{CALL_ID_WIDTH}d}.{index:05d}.{attempt}.{sender}"
+
+
+def make_event(*, storage: dict, job_id: str, fn: str, args: str, byte_range: tuple[int, int],
+               calls: Iterable[int], attempt: int = 0, options: dict | None = None,
+               signed: bool = False, manifest: str | None = None,
+               invocation: str | None = None) -> Event:
+    """An :class:`Event` (keyword form, for tests and tools)."""
+    return Event(storage=storage, job_id=job_id, fn=fn, args=args, range=tuple(byte_range),
+                 calls=tuple(calls), invocation=invocation or invocation_id(0, 0, attempt, "x"),
+                 attempt=attempt, options=options or {}, signed=signed, manifest=manifest)
+
+
+def check_event(event: dict | Event) -> None:
     """Refuse an event from a client with another wire format or Python minor version."""
+    if isinstance(event, Event):
+        event = event.to_json()
     theirs_wire = event.get("wire_version")
     if theirs_wire != WIRE_VERSION:
         raise RuntimeMismatchError(
@@ -214,11 +286,13 @@ def failure_record(call_id: int, exc: BaseException, tb: str | None = None) -> C
 
 
 def write_record(storage, job_id: str, record: CallRecord, *, started: float, bytes_in: int,
-                 worker: str, warm: bool, attempt: int, peak_memory_mb: float = 0.0) -> bool:
+                 worker: str, warm: bool, attempt: int, peak_memory_mb: float = 0.0,
+                 signing_key: bytes | None = None) -> bool:
     """Write a call's result, then its status; the first writer wins (``if_absent``).
 
     Returns whether this record is the one that counts. A call delivered twice (at-least-once
-    invocation) therefore still has exactly one result.
+    invocation) therefore still has exactly one result. ``signing_key`` defaults to the job's
+    (:func:`lambdamap.signing.key_for`).
     """
     blob = record.value_blob if record.ok else record.error_blob
     record.status = make_status(
@@ -226,7 +300,9 @@ def write_record(storage, job_id: str, record: CallRecord, *, started: float, by
         peak_memory_mb=round(peak_memory_mb, 1), worker=worker, warm=warm, bytes_in=bytes_in,
         bytes_out=len(blob or b""), attempt=attempt, error_type=record.error_type)
     key = result_key(job_id, record.call_id)
-    won = storage.put(key, encode_record(record, signing.key_for(job_id), key), if_absent=True)
+    if signing_key is None:
+        signing_key = signing.key_for(job_id)
+    won = storage.put(key, encode_record(record, signing_key, key), if_absent=True)
     # The status follows even if another delivery won the result: that one may have died between
     # its two writes, and a result without a status would never be collected.
     storage.put(status_key(job_id, record.call_id), encode_status(record.status), if_absent=True)

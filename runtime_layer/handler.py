@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import resource
@@ -19,13 +20,15 @@ import time
 import traceback
 
 from lambdamap import serialize, signing, wire
-from lambdamap.errors import CallTimeoutError, PayloadTooLargeError, SerializationError
+from lambdamap.errors import CallTimeoutError, IntegrityError, InvocationDeadline, PayloadTooLargeError, SerializationError
 from lambdamap.objects import resolve
 from lambdamap.storage import Storage, storage_from_spec
 
 log = logging.getLogger("lambdamap.runtime")
 
 WORKER_ID = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+#: How often a running invocation reads the job's control record (cancellations), at most.
+CONTROL_CHECK_SECONDS = 1.0
 _invocations = 0  # > 0 means this process is warm
 _functions: dict[str, object] = {}
 
@@ -33,61 +36,142 @@ _functions: dict[str, object] = {}
 def handler(event: dict, context=None) -> dict:
     """Run the calls of one invocation event; return a small summary (never the results)."""
     global _invocations
+    if isinstance(event, wire.Event):  # called in-process (tests, tools) rather than by Lambda
+        event = event.to_json()
     warm = _invocations > 0
     _invocations += 1
     storage = storage_from_spec(event["storage"])
-    job_id, attempt, options = event["job_id"], event.get("attempt", 0), event.get("options", {})
-    calls = event["calls"]
+    job_id, calls = event["job_id"], list(event["calls"])
     try:
         wire.check_event(event)
+        ev = wire.Event.from_json(event)
         key = signing.key_for(job_id)
-        start, end = event["range"]
+        if not _begin(storage, ev, key):
+            log.info("invocation %s of job %s was cancelled before it began", ev.invocation, job_id)
+            return _summary(calls, warm, not_run=[], skipped=calls)
+        start, end = ev.range
         try:
-            raw = storage.get(event["args"], (start, end))
+            raw = storage.get(ev.args, (start, end))
         except KeyError:
-            if _job_is_gone(storage, event):
+            if _job_is_gone(storage, ev):
                 log.warning("job %s is gone from the store; skipping %d calls", job_id, len(calls))
-                return _summary(calls, warm, not_run=[])
+                _forget_start(storage, ev)
+                return _summary(calls, warm, not_run=[], skipped=calls)
             raise
-        batch = dict(wire.unpack_batch(raw, key, wire.batch_label(event["args"], start)))
-        fn = _load_function(storage, event["fn"], key)
+        batch = dict(wire.unpack_batch(raw, key, wire.batch_label(ev.args, start)))
+        fn = _load_function(storage, ev.fn, key)
     except BaseException as exc:  # a job-level failure: every call of the batch reports it
         log.error("invocation of job %s failed before its calls ran: %s", job_id, exc)
         started = time.time()
         for call_id in calls:
             _write(storage, job_id, wire.failure_record(call_id, exc, traceback.format_exc()), started,
-                   0, warm, attempt)
+                   0, warm, event.get("attempt", 0))
         return _summary(calls, warm, not_run=[], failed=True)
 
     deadline = _deadline(context)
+    control = _Control(storage, ev, key)
+    options = ev.options
     for i, call_id in enumerate(calls):
         if deadline is not None and time.monotonic() >= deadline:
             return _summary(calls, warm, not_run=calls[i:])
+        if i > 0 and control.due():
+            control.refresh()
+            if control.job_gone:
+                return _summary(calls, warm, not_run=[], skipped=calls[i:])
+        if control.cancelled(call_id):
+            continue
         payload = batch[call_id]
         started = time.time()
         with _alarm_at(deadline):
             record = _run(fn, payload, call_id, options.get("max_result_bytes"),
                           timeout=options.get("function_timeout"))
-        _write(storage, job_id, record, started, len(payload), warm, attempt)
+        if i > 0 and _stopped_by_deadline(record, deadline):
+            # Earlier calls used part of the budget: this call gets the whole of it again, first
+            # in a new invocation, rather than failing for a time-out that is not its own.
+            return _summary(calls, warm, not_run=calls[i:])
+        _write(storage, job_id, record, started, len(payload), warm, ev.attempt)
         warm = True  # the first call of a cold invocation paid the start-up; the rest did not
-        # (a call stopped by the alarm leaves the clock past the deadline: the check above then
-        # hands back the calls that did not start)
+        if control.due():  # cleaned up while this call ran? then take back what it wrote
+            control.refresh()
+            if control.job_gone:
+                storage.delete(wire.result_key(job_id, call_id))
+                storage.delete(wire.status_key(job_id, call_id))
+                return _summary(calls, warm, not_run=[], skipped=calls[i + 1:])
     return _summary(calls, warm, not_run=[])
 
 
-def _job_is_gone(storage: Storage, event: dict) -> bool:
+def _begin(storage: Storage, event: wire.Event, key: bytes | None) -> bool:
+    """Write the invocation's start marker; False if the client cancelled it first.
+
+    One request per invocation: the client's loss deadline counts from this marker, so an
+    invocation that waited long in Lambda's queue is not mistaken for a lost one.
+    """
+    if not event.invocation:
+        return True
+    marker = wire.start_key(event.job_id, event.invocation)
+    body = json.dumps({"worker": WORKER_ID, "started": time.time(), "attempt": event.attempt})
+    if storage.put(marker, signing.seal(key, marker, body.encode()), if_absent=True):
+        return True
+    try:  # a duplicate delivery, or the client's "cancelled"
+        return signing.unseal(key, marker, storage.get(marker)) != wire.CANCELLED_MARK
+    except (KeyError, IntegrityError):
+        return True
+
+
+def _forget_start(storage: Storage, event: wire.Event) -> None:
+    if event.invocation:
+        storage.delete(wire.start_key(event.job_id, event.invocation))
+
+
+def _stopped_by_deadline(record: wire.CallRecord, deadline: float | None) -> bool:
+    return (deadline is not None and time.monotonic() >= deadline and not record.ok
+            and record.error_type == f"{CallTimeoutError.__module__}.{CallTimeoutError.__qualname__}")
+
+
+class _Control:
+    """What the client decided while this invocation runs: calls cancelled, or the whole job
+    (its data deleted). Read at most every ``CONTROL_CHECK_SECONDS``, never before the first
+    call, so that short invocations pay nothing for it."""
+
+    def __init__(self, storage: Storage, event: wire.Event, key: bytes | None):
+        self.storage, self.event, self.key = storage, event, key
+        self.checked = time.monotonic()
+        self.cancelled_ids: set[int] | str = set()
+        self.job_gone = False
+
+    def due(self) -> bool:
+        return time.monotonic() - self.checked >= CONTROL_CHECK_SECONDS
+
+    def refresh(self) -> None:
+        self.checked = time.monotonic()
+        key = wire.control_key(self.event.job_id)
+        try:  # the client writes it before the job's first invocation and deletes it with the job
+            body = json.loads(signing.unseal(self.key, key, self.storage.get(key)))
+        except KeyError:
+            self.job_gone = True
+            return
+        cancelled = body.get("cancelled", [])
+        self.cancelled_ids = "all" if cancelled == "all" else set(cancelled)
+
+    def cancelled(self, call_id: int) -> bool:
+        return self.cancelled_ids == "all" or call_id in self.cancelled_ids
+
+
+def _job_is_gone(storage: Storage, event: wire.Event) -> bool:
     """Whether the job was cleaned up (its manifest is gone too): the event is a late duplicate
     (at-least-once delivery) or a retry that lost the race, and writing would leave orphans.
 
     Asked only when the arguments are missing, so that it costs nothing on the normal path.
     """
-    return bool(event.get("manifest")) and not storage.exists(event["manifest"])
+    return bool(event.manifest) and not storage.exists(event.manifest)
 
 
-def _summary(calls: list[int], warm: bool, not_run: list[int], failed: bool = False) -> dict:
-    """What the invocation returns: counts, and the calls it had no time left to start."""
+def _summary(calls: list[int], warm: bool, not_run: list[int], failed: bool = False,
+             skipped: list[int] | None = None) -> dict:
+    """What the invocation returns: counts, the calls it had no time left to start (to run
+    again), and those it skipped because they were cancelled or the job is gone."""
     return {"calls": len(calls), "warm": warm, "worker": WORKER_ID, "failed": failed,
-            "not_run": not_run}
+            "not_run": not_run, "skipped": skipped or []}
 
 
 # -- the invocation's own deadline ----------------------------------------------------------------
@@ -97,9 +181,7 @@ def _summary(calls: list[int], warm: bool, not_run: list[int], failed: bool = Fa
 # the calls that did not start are returned as ``not_run`` instead of being lost with it.
 
 
-class _Deadline(BaseException):
-    """Raised by the alarm; a BaseException so that the user's ``except Exception`` can't eat it."""
-
+_Deadline = InvocationDeadline  # raised by the alarm
 
 def _deadline(context) -> float | None:
     """``time.monotonic()`` at which to stop: the remaining time less a margin (at most 2 s)."""

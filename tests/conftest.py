@@ -43,3 +43,23 @@ def s3_bucket(moto_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
     return moto_server, name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """The suite leaves no store or worker folder of its own in /dev/shm or $TMPDIR."""
+    from lambdamap import scratch
+    from lambdamap.backends.local import WORKERS_PREFIX
+    from lambdamap.factories import STORE_PREFIX, default_store_dir
+
+    def ours() -> list[str]:
+        return (scratch.owned_by(os.getpid(), STORE_PREFIX, default_store_dir())
+                + scratch.owned_by(os.getpid(), WORKERS_PREFIX))
+
+    before = set(ours())
+    yield
+    import gc
+
+    gc.collect()
+    left = sorted(set(ours()) - before)
+    assert not left, f"the test suite left scratch folders behind: {left}"

@@ -178,7 +178,7 @@ def test_event_runs_lambdamaps_universal_handler(emulator, client, tmp_path):
     event = wire.make_event(storage=store.spec(), job_id="job1", fn=wire.fn_key("job1", "f"),
                             args=wire.args_key("job1", 0), byte_range=(0, len(blob)),
                             calls=[0, 1, 2])
-    response, _ = _invoke(client, "lambdamap", event, InvocationType="Event")
+    response, _ = _invoke(client, "lambdamap", event.to_json(), InvocationType="Event")
     assert response["StatusCode"] == 202
     assert emulator.wait_idle(timeout=30)
     records = {wire.call_id_of(k): wire.decode_record(store.get(k))

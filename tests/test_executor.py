@@ -65,7 +65,7 @@ def test_chunksize_packs_calls_per_invocation(chunksize):
             CountingBackend.events += len(events)
             super().invoke(events)
 
-    with Executor(CountingBackend(2), keep_data=True) as ex:
+    with Executor(CountingBackend(2)) as ex:
         assert list(ex.map(lambda x: -x, range(100), chunksize=chunksize)) == [-x for x in range(100)]
         fn_keys = ex.storage.list(f"jobs/{ex.job_id}/fn/")
     assert CountingBackend.events == -(-100 // chunksize)

@@ -108,7 +108,7 @@ class DroppingBackend(LocalBackend):
     def invoke(self, events):
         kept = []
         for event in events:
-            if self.dropped < self.to_drop and event["attempt"] == 0:
+            if self.dropped < self.to_drop and event.attempt == 0:
                 self.dropped += 1
             else:
                 kept.append(event)
@@ -117,7 +117,7 @@ class DroppingBackend(LocalBackend):
 
 def test_silently_lost_invocations_are_re_invoked_after_their_deadline():
     backend = DroppingBackend(drop_first_n=10, function_timeout=0.5)
-    with Executor(backend, lost_after_margin=0.5) as ex:
+    with Executor(backend, lost_after_margin=0.5, start_timeout=1.0) as ex:
         start = time.monotonic()
         assert list(ex.map(abs, range(-200, 0), chunksize=2)) == list(range(200, 0, -1))
         assert time.monotonic() - start > 1.0  # the dropped ones waited for their deadline
@@ -130,8 +130,9 @@ def test_invocations_that_never_report_fail_with_a_clear_error():
         def invoke(self, events):
             self.dropped += len(events)
 
-    with Executor(BlackHole(0, function_timeout=0.2), lost_after_margin=0.2, max_retries=1) as ex:
-        with pytest.raises(WorkerLostError, match=r"call 0 .*lost 2 times.*no report within"):
+    with Executor(BlackHole(0, function_timeout=0.2), lost_after_margin=0.2, start_timeout=0.5,
+                  max_retries=1) as ex:
+        with pytest.raises(WorkerLostError, match=r"call 0 .*lost 2 times.*never started"):
             ex.submit(abs, -1).result(timeout=30)
 
 
@@ -140,7 +141,7 @@ def test_duplicate_delivery_gives_each_future_exactly_one_result():
         def invoke(self, events):
             super().invoke(list(events) + list(events))  # every batch delivered twice
 
-    with Executor(DuplicatingBackend(2), keep_data=True) as ex:
+    with Executor(DuplicatingBackend(2)) as ex:
         futures = ex.map_futures(lambda x: (x, os.getpid(), time.time()), range(200), chunksize=3)
         results = [f.result(timeout=60) for f in futures]
         stored = [wire.decode_record(ex.storage.get(wire.result_key(ex.job_id, i)), ex.signing_key,
@@ -244,8 +245,11 @@ def test_a_launch_that_fails_fails_its_calls_instead_of_hanging():
             raise RuntimeError("the invoke API is down")
 
     ex = Executor(RefusingBackend(1))
+    seen = []
+    ex.backend.invoke = lambda events: (seen.append(ex.futures), RefusingBackend.invoke(None, events))
     with pytest.raises(RuntimeError, match="invoke API is down"):
         ex.map_futures(abs, range(200))
-    futures = ex.futures
+    futures = seen[0]  # the futures as they were when the launch failed
     assert len(futures) == 200 and all(isinstance(f.exception(timeout=5), RuntimeError) for f in futures)
-    ex.shutdown()  # returns: nothing is left waiting
+    assert ex._pending == {}  # nothing is left waiting, so shutdown returns at once
+    ex.shutdown()

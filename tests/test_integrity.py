@@ -1,6 +1,8 @@
 """Payload integrity: tampered arguments and results are refused, never unpickled."""
 from __future__ import annotations
 
+import dataclasses
+
 import pickle
 
 import cloudpickle
@@ -34,12 +36,12 @@ class TamperingBackend(LocalBackend):
         if not self.done:
             self.done = True
             first = events[0]
-            store = LocalStorage(first["storage"]["root"])
-            old = store.get(first["args"])
-            forged_batch = pickle.dumps([(cid, pickle.dumps(Evil(self.marker))) for cid in first["calls"]])
+            store = LocalStorage(first.storage["root"])
+            old = store.get(first.args)
+            forged_batch = pickle.dumps([(cid, pickle.dumps(Evil(self.marker))) for cid in first.calls])
             forged = old[:signing.TAG_BYTES] + forged_batch  # a stolen tag does not fit the payload
-            store.put(first["args"], old + forged)  # the other batches stay where they were
-            events = [dict(first, range=[len(old), len(old) + len(forged)])] + list(events[1:])
+            store.put(first.args, old + forged)  # the other batches stay where they were
+            events = [dataclasses.replace(first, range=(len(old), len(old) + len(forged)))] + list(events[1:])
         super().invoke(events)
 
 
@@ -58,7 +60,7 @@ class SilentBackend(LocalBackend):
     """Never runs call 0: a forged result written by someone else stays the first one."""
 
     def invoke(self, events):
-        super().invoke([dict(e, calls=[c for c in e["calls"] if c != 0]) for e in events])
+        super().invoke([e.with_calls([c for c in e.calls if c != 0]) for e in events])
 
 
 def test_forged_result_is_refused_by_the_client(tmp_path):
@@ -75,7 +77,7 @@ def test_forged_result_is_refused_by_the_client(tmp_path):
 
 
 def test_a_valid_result_moved_to_another_call_is_refused():
-    with Executor(SilentBackend(1), keep_data=True) as ex:
+    with Executor(SilentBackend(1)) as ex:
         futures = ex.map_futures(lambda x: x * 2, range(3))
         assert futures[1].result(timeout=60) == 2
         ex.storage.put(wire.result_key(ex.job_id, 0), ex.storage.get(wire.result_key(ex.job_id, 1)))

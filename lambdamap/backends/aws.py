@@ -33,6 +33,7 @@ from .. import __version__, signing, wire
 from ..config import Settings
 from ..errors import IntegrityError, LambdamapError, PayloadTooLargeError, RuntimeMismatchError
 from ..storage import S3Storage
+from ..wire import Event
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,14 @@ def lambda_client(settings: Settings, max_pool_connections: int = 10):
                                           endpoint_url=settings.lambda_endpoint_url, config=config)
 
 
-def encode_event(event: dict) -> bytes:
+def encode_event(event: Event) -> bytes:
     """The event as JSON; refuse one over Lambda's asynchronous payload limit."""
-    payload = json.dumps(event, separators=(",", ":")).encode()
+    payload = json.dumps(event.to_json(), separators=(",", ":")).encode()
     if len(payload) > MAX_EVENT_BYTES:
         raise PayloadTooLargeError(
-            f"the invocation event for calls {event['calls'][0]}..{event['calls'][-1]} is "
+            f"the invocation event for calls {event.calls[0]}..{event.calls[-1]} is "
             f"{len(payload):,} bytes, over Lambda's asynchronous limit of {MAX_EVENT_BYTES:,}: "
-            f"use a smaller chunksize (it lists {len(event['calls'])} call ids)")
+            f"use a smaller chunksize (it lists {len(event.calls)} call ids)")
     return payload
 
 
@@ -209,14 +210,15 @@ class AWSBackend(Backend):
 
     # -- invoking ----------------------------------------------------------------------------------
 
-    def invoke(self, events: Sequence[dict]) -> None:
+    def invoke(self, events: Sequence[Event]) -> None:
         if self._closing.is_set():
             raise RuntimeError("cannot invoke: the AWS backend is closed")
-        payloads = [encode_event(event) for event in events]  # refuse before sending any
+        for event in events:  # refuse before sending any
+            encode_event(event)
         with self._sent:
             self._unsent += len(events)
-        for event, payload in zip(events, payloads):
-            self._pool.submit(self._send, event, payload)
+        for event in events:
+            self._pool.submit(self._send, event)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued invocation was accepted by Lambda or reported lost.
@@ -236,11 +238,15 @@ class AWSBackend(Backend):
             reraise=True,
         )
 
-    def _send(self, event: dict, payload: bytes) -> None:
+    def _send(self, event: Event) -> None:
         """Send one invocation, retrying transient faults; report it lost if that fails."""
         retrying = self._retrying()
         try:
-            retrying(self._invoke_once, payload)
+            live = self.listener.live(event)  # calls cancelled while it waited are not sent
+            if live is None:
+                return
+            event = live
+            retrying(self._invoke_once, encode_event(event))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a reported loss
             if not self._closing.is_set():
                 attempts = retrying.statistics.get("attempt_number", 1)

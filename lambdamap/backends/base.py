@@ -4,12 +4,17 @@ from __future__ import annotations
 import abc
 from typing import Protocol, Sequence
 
+from ..wire import Event
+
 
 class InvocationListener(Protocol):
     """What a backend tells the executor, from its own threads."""
 
-    def invocation_lost(self, event: dict, cause: str, timed_out: bool) -> None:
-        """The invocation of ``event`` ended without running all its calls (process died, ...)."""
+    def invocation_lost(self, event: Event, cause: str, timed_out: bool) -> None:
+        """The invocation of ``event`` ended without running all its calls (process died, ...).
+
+        ``timed_out``: it was stopped for running past the function time-out.
+        """
 
     def wake(self, finished: Sequence[int] | None = None) -> None:
         """Something finished: look at the store now rather than at the next poll.
@@ -17,6 +22,10 @@ class InvocationListener(Protocol):
         ``finished`` may name the call ids known to have written their status, so that the
         collector reads their results directly instead of listing the store.
         """
+
+    def live(self, event: Event) -> Event | None:
+        """``event`` as it should be sent now: without calls cancelled or finished meanwhile;
+        None if nothing is left to run. Backends ask just before they start an invocation."""
 
 
 class Backend(abc.ABC):
@@ -33,6 +42,8 @@ class Backend(abc.ABC):
     #: die). Otherwise the executor treats an invocation as lost when its calls have not reported
     #: within ``function_timeout`` plus a margin.
     reports_losses: bool = False
+    #: The memory of one invocation in MB, if the backend knows it (named when a call goes silent).
+    memory_mb: int | None = None
 
     def signing_key(self) -> bytes | None:
         """The deployment's HMAC key (see :mod:`lambdamap.signing`); None runs jobs unsigned."""
@@ -55,7 +66,7 @@ class Backend(abc.ABC):
         self.listener = listener
 
     @abc.abstractmethod
-    def invoke(self, events: Sequence[dict]) -> None:
+    def invoke(self, events: Sequence[Event]) -> None:
         """Queue one invocation per event."""
 
     @abc.abstractmethod

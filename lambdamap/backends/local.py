@@ -12,21 +12,24 @@ import collections
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from multiprocessing.connection import Listener, wait
 from typing import Sequence
 
-from .. import signing
+from .. import scratch, signing
+from ..wire import Event
 from .base import Backend
 
 log = logging.getLogger(__name__)
 
 WORKER_START_TIMEOUT = 60.0
+#: Folder-name prefix of the workers' socket folders (swept when their owner died).
+WORKERS_PREFIX = "lambdamap-workers-"
 
 
 # Events sent to a worker ahead of time: while it runs one, the next waits in its pipe, so the
@@ -37,7 +40,7 @@ PREFETCH = 2
 class _Worker:
     def __init__(self, proc: subprocess.Popen, conn):
         self.proc, self.conn = proc, conn
-        self.jobs: collections.deque[tuple[int, dict]] = collections.deque()  # [0] is running
+        self.jobs: collections.deque[tuple[int, Event]] = collections.deque()  # [0] is running
         self.since = 0.0  # when jobs[0] started
         self.timed_out = False
 
@@ -60,7 +63,7 @@ class LocalBackend(Backend):
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.function_timeout = function_timeout
-        self._pending: collections.deque[tuple[int, dict]] = collections.deque()
+        self._pending: collections.deque[tuple[int, Event]] = collections.deque()
         self._seq = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -71,13 +74,22 @@ class LocalBackend(Backend):
 
     def start(self, listener) -> None:
         super().start(listener)
-        self._folder = tempfile.mkdtemp(prefix="lambdamap-workers-")
+        scratch.sweep(WORKERS_PREFIX)
+        self._folder = scratch.make_owned_dir(WORKERS_PREFIX)
         self._authkey = secrets.token_bytes(32)
-        self._listener = Listener(os.path.join(self._folder, "socket"), family="AF_UNIX",
-                                  authkey=self._authkey)
-        # Start them all, then take their hand-shakes in whatever order they arrive.
-        procs = {p.pid: p for p in (self._spawn() for _ in range(self.workers))}
-        self._pool = [self._accept(procs) for _ in range(self.workers)]
+        procs: dict[int, subprocess.Popen] = {}
+        try:
+            self._listener = Listener(os.path.join(self._folder, "socket"), family="AF_UNIX",
+                                      authkey=self._authkey)
+            # Start them all, then take their hand-shakes in whatever order they arrive.
+            procs = {p.pid: p for p in (self._spawn() for _ in range(self.workers))}
+            self._pool = [self._accept(procs) for _ in range(self.workers)]
+        except BaseException:
+            for proc in list(procs.values()) + [w.proc for w in self._pool]:
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._dispatch, name="lambdamap-local-dispatch",
                                         daemon=True)
@@ -109,6 +121,9 @@ class LocalBackend(Backend):
         return _Worker(procs.pop(pid), conn)
 
     def close(self) -> None:
+        """Stop the workers: idle ones exit, busy ones (running calls nobody waits for any
+        more: the executor closes the backend only when every call is resolved or cancelled)
+        are killed at once. The socket folder is removed."""
         with self._lock:
             if self._closed:
                 return
@@ -117,6 +132,9 @@ class LocalBackend(Backend):
             os.write(self._wake_w, b"x")
             self._thread.join(timeout=10)
         for w in self._pool:
+            if w.jobs:
+                w.proc.kill()
+                continue
             try:
                 w.conn.send(None)
             except OSError:
@@ -133,6 +151,7 @@ class LocalBackend(Backend):
             self._listener.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def signing_key(self) -> bytes:
         return self._signing_key
@@ -150,7 +169,7 @@ class LocalBackend(Backend):
 
     # -- invoking ----------------------------------------------------------------------------
 
-    def invoke(self, events: Sequence[dict]) -> None:
+    def invoke(self, events: Sequence[Event]) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot invoke: the local backend is closed")
@@ -182,8 +201,8 @@ class LocalBackend(Backend):
                 if not_run:  # the handler ran out of time before these started: run them again
                     with self._lock:
                         self._seq += 1
-                        self._pending.appendleft((self._seq, dict(event, calls=not_run)))
-                self.listener.wake([c for c in event["calls"] if c not in not_run])
+                        self._pending.appendleft((self._seq, event.with_calls(not_run)))
+                self.listener.wake([c for c in event.calls if c not in not_run])
             self._enforce_timeout()
 
     def _hand_out(self) -> None:
@@ -193,17 +212,28 @@ class LocalBackend(Backend):
             for worker in self._pool:
                 if len(worker.jobs) >= depth:
                     continue
-                with self._lock:
-                    if not self._pending:
-                        return
-                    job = self._pending.popleft()
+                job = self._next_live()
+                if job is None:
+                    return
+                seq, event = job
                 if not worker.jobs:
                     worker.since = time.monotonic()
                 worker.jobs.append(job)
                 try:
-                    worker.conn.send(job)
+                    worker.conn.send((seq, event.to_json()))
                 except OSError:
                     pass  # the worker died; its connection reads as closed and it is replaced
+
+    def _next_live(self) -> tuple[int, Event] | None:
+        """The next queued event, without its cancelled calls (skipping those left empty)."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return None
+                seq, event = self._pending.popleft()
+            live = self.listener.live(event)
+            if live is not None:
+                return seq, live
 
     def _next_deadline(self) -> float | None:
         if not self.function_timeout:
