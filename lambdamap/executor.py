@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from . import serialize, signing, wire
+from . import objects, serialize, signing, wire
 from .backends.base import Backend
 from .collector import Collector, outcome
 from .errors import CallTimeoutError, PayloadTooLargeError, SerializationError, WorkerLostError
 from .futures import CallFuture
-from .objects import ObjectRef, remember
+from .objects import ObjectRef
 from .storage import LocalStorage, S3Storage, Storage
 
 if TYPE_CHECKING:
@@ -193,7 +193,8 @@ class Executor(concurrent.futures.Executor):
         """Store ``obj`` once (by content hash); pass the returned reference to calls.
 
         A top-level :class:`ObjectRef` argument arrives in the call as the object itself, and a
-        warm worker keeps it decoded between calls::
+        warm worker keeps it decoded between calls; each call gets its own copy, whose numpy
+        arrays are read-only views of the cached ones (see :mod:`lambdamap.objects`)::
 
             X_ref = ex.put(X)
             scores = ex.map(lambda X, seed: fit(X, seed), itertools.repeat(X_ref, 100), range(100))
@@ -201,7 +202,6 @@ class Executor(concurrent.futures.Executor):
         blob = serialize.dumps(obj, "object")
         key = wire.obj_key(self.job_id, serialize.digest(blob))
         self._upload_once(key, blob)
-        remember(key, obj, len(blob))
         return ObjectRef(key, self._storage_spec, len(blob))
 
     # -- recovering a job ------------------------------------------------------------------------
@@ -482,6 +482,7 @@ class Executor(concurrent.futures.Executor):
     def _release(self) -> None:
         self._released = True
         signing.forget_job(self.job_id)
+        objects.forget_job(self.job_id)
         self._collector.stop()
         self.backend.close()
         if not self.keep_data:
