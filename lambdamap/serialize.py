@@ -112,6 +112,9 @@ def _travels_by_value(name: str) -> bool:
     return decided
 
 
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset, bytearray})
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle's pickler, which also decides for each module it meets how it travels.
 
@@ -128,6 +131,8 @@ class _Pickler(cloudpickle.Pickler):
         self._sources: dict[str, list[tuple[int, int]]] = {}  # line ranges already carried
 
     def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in _CONTAINERS:
+            return NotImplemented  # the bulk of most pickles: skip the checks below
         if isinstance(obj, (type, types.FunctionType)):
             self._meet(getattr(obj, "__module__", None))
         elif isinstance(obj, types.ModuleType):

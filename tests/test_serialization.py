@@ -10,12 +10,14 @@ import functools
 import gc
 import importlib.util
 import io
+import json
 import linecache
 import logging
 import multiprocessing
 import operator
 import os
 import re
+import subprocess
 import sys
 import textwrap
 import types
@@ -285,3 +287,25 @@ def test_peak_memory_is_the_calls_own():
     else:  # the worker's lifetime peak: the big call's allocation is in the small one's too
         assert small.status["peak_memory_mb"] >= big.status["peak_memory_mb"]
 
+
+
+def test_a_worker_run_from_a_source_tree_imports_only_the_runtime_packages_from_it(tmp_path):
+    """Without an install (``python -S``: no site-packages, no editable finder), the worker finds
+    lambdamap, runtime_layer, dml and forest in the source tree, and nothing else there."""
+    import sysconfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(serialize.__file__)))
+    probe = textwrap.dedent("""
+        import importlib.util, json, sys
+        from lambdamap.backends import local_worker
+        local_worker._isolate_imports()
+        print(json.dumps({name: getattr(importlib.util.find_spec(name), "origin", None)
+                          for name in ("runtime_layer", "dml", "forest", "tests", "benchmarks")}))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, sysconfig.get_paths()["purelib"]]))
+    out = subprocess.run([sys.executable, "-S", "-c", probe], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    origins = json.loads(out.stdout)
+    assert all(origins[name].startswith(root) for name in ("runtime_layer", "dml", "forest"))
+    assert origins["tests"] is None and origins["benchmarks"] is None
