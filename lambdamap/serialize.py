@@ -41,8 +41,6 @@ _decided: dict[str, bool] = {}
 _chosen: dict[str, bool] = {}
 # Files whose lines this process learnt from pickles (not from its own disk).
 _received_sources: set[str] = set()
-_SHIP_HINT = ("Call lambdamap.ship_module({name}) on the client to send it by value, or install it "
-              "in the runtime (the Lambda layer or image) if it must travel by reference")
 
 
 def ship_module(module: types.ModuleType | str, *, by_value: bool = True) -> None:
@@ -61,12 +59,12 @@ def ship_module(module: types.ModuleType | str, *, by_value: bool = True) -> Non
     name = module if isinstance(module, str) else getattr(module, "__name__", None)
     if not isinstance(name, str):
         raise TypeError(f"ship_module takes a module or a module name, not {module!r}")
+    if by_value and name not in sys.modules:
+        raise ValueError(f"ship_module({name!r}): the module is not imported; import it first")
     _chosen[name] = by_value
     for known in [n for n in _decided if n == name or n.startswith(name + ".")]:
         del _decided[known]  # decided again, under the new choice, the next time it is met
     if by_value:
-        if name not in sys.modules:
-            raise ValueError(f"ship_module({name!r}): the module is not imported; import it first")
         _register(name)
     else:
         for registered in cloudpickle.list_registry_pickle_by_value():
@@ -223,8 +221,10 @@ def loads(data: bytes) -> Any:
         name = exc.name or "?"
         raise ModuleNotFoundError(
             f"No module named {name!r} in {sys.executable}: the pickle refers to it by name, so "
-            "this process must import it, and a runtime imports only what is installed in it. "
-            + _SHIP_HINT.format(name=name.partition(".")[0]), name=name) from exc
+            "this process must import it, and a runtime imports only what is installed in it. Call "
+            f"lambdamap.ship_module({name.partition('.')[0]}) on the client to send it by value, or "
+            "install it in the runtime (the Lambda layer or image) if it must travel by reference",
+            name=name) from exc
 
 
 def digest(data: bytes) -> str:
