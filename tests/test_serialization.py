@@ -124,6 +124,7 @@ def test_local_workers_see_neither_the_clients_working_directory_nor_its_path(tm
     with Executor(workers=1) as executor:
         worker_cwd, importable = executor.submit(look).result(timeout=60)
     assert worker_cwd != str(cwd)
+    assert not os.path.exists(worker_cwd)  # a private folder, gone with the workers
     assert importable == ["lambdamap", "runtime_layer", "dml", "forest"]
 
 

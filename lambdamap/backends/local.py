@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,7 @@ class LocalBackend(Backend):
             self._listener.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+            shutil.rmtree(self._folder, ignore_errors=True)  # the workers' cwd: whatever they left
 
     def signing_key(self) -> bytes:
         return self._signing_key
