@@ -100,7 +100,10 @@ class ObjectRef:
             if shared is not None:
                 _cache.move_to_end(self.key)
         if shared is None:
-            shared = _Shared.of(self._fetch())
+            payload = self._fetch()
+            if len(payload) > _CACHE_LIMIT_BYTES:
+                return serialize.loads(payload)  # not kept: this object is the call's own
+            shared = _Shared.of(payload)
             _remember(self.key, shared)
         return shared.copy()
 
@@ -127,8 +130,6 @@ class ObjectRef:
 def _remember(key: str, shared: _Shared) -> None:
     """Put ``shared`` in the cache, evicting the least recently used beyond the size limit."""
     global _cache_bytes
-    if shared.nbytes > _CACHE_LIMIT_BYTES:
-        return
     with _cache_lock:
         if key in _cache:
             return
