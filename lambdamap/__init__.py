@@ -4,9 +4,9 @@
 Lambda with S3 as the store, or on local worker processes with a folder as the store (the
 embedded default, no account needed).
 """
-from .errors import (CallTimeoutError, IntegrityError, LambdamapError, PayloadTooLargeError,
-                     RemoteError, RuntimeMismatchError, SerializationError, StorageError,
-                     WorkerLostError)
+from .errors import (CallTimeoutError, IntegrityError, LambdamapError, ObjectRefError,
+                     PayloadTooLargeError, RemoteError, RuntimeMismatchError, SerializationError,
+                     StorageError, WorkerLostError)
 from .executor import Executor
 from .futures import CallFuture, collect_results
 from .objects import ObjectRef
@@ -16,4 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = ["Executor", "CallFuture", "collect_results", "ObjectRef", "ship_module", "LambdamapError",
            "SerializationError", "WorkerLostError", "CallTimeoutError", "RuntimeMismatchError",
-           "StorageError", "PayloadTooLargeError", "RemoteError", "IntegrityError", "__version__"]
+           "StorageError", "PayloadTooLargeError", "RemoteError", "IntegrityError", "ObjectRefError",
+           "__version__"]

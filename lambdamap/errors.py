@@ -43,6 +43,10 @@ class IntegrityError(LambdamapError):
     """A stored object failed authentication (HMAC) and was not unpickled."""
 
 
+class ObjectRefError(LambdamapError, LookupError):
+    """An :class:`~lambdamap.ObjectRef` used by another executor's calls or after its job ended."""
+
+
 class PayloadTooLargeError(LambdamapError, ValueError):
     """An argument or result is larger than the configured limit."""
 

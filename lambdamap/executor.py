@@ -26,10 +26,10 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from . import scratch, signing, wire
+from . import objects, scratch, signing, wire
 from .backends.base import Backend
 from .collector import Collector, outcome
-from .errors import SerializationError
+from .errors import IntegrityError, SerializationError
 from .factories import embedded_store, make_backend, make_storage
 from .futures import CallFuture
 from .jobs import JobWriter
@@ -273,7 +273,8 @@ class Executor(concurrent.futures.Executor):
         """Store ``obj`` once (by content hash); pass the returned reference to calls.
 
         A top-level :class:`ObjectRef` argument arrives in the call as the object itself, and a
-        warm worker keeps it decoded between calls::
+        warm worker keeps it decoded between calls; each call gets its own copy, whose numpy
+        arrays are read-only views of the cached ones (see :mod:`lambdamap.objects`)::
 
             X_ref = ex.put(X)
             scores = ex.map(lambda X, seed: fit(X, seed), itertools.repeat(X_ref, 100), range(100))
@@ -303,13 +304,21 @@ class Executor(concurrent.futures.Executor):
         ex = cls(backend, storage=storage, _job_id=job_id, **options)
         try:
             events = ex._writer.read_manifests()
-        except BaseException:
+            if not events:
+                raise ValueError(f"no job {job_id!r} in {ex.storage!r}: nothing to attach to "
+                                 "(was it cleaned up? pass the storage it ran with)")
+        except BaseException as exc:
+            # A failed attach must not delete the job it could not read (a fresh embedded store
+            # holds no job: that one goes).
+            ex.keep_data = ex._own_folder is None
             ex.shutdown()
+            if isinstance(exc, IntegrityError):
+                raise IntegrityError(
+                    f"job {job_id!r} was written with another signing key than this executor's, "
+                    "so its manifests cannot be trusted: pass the original executor's key "
+                    "(Executor.attach(..., signing_key=old.signing_key)) for a local job, or use "
+                    "the deployment's key (the config file `lambdamap deploy` wrote) on AWS") from exc
             raise
-        if not events:
-            ex.shutdown()
-            raise ValueError(f"no job {job_id!r} in {ex.storage!r}: nothing to attach to "
-                             "(was it cleaned up? pass the storage it ran with)")
         done = {wire.call_id_of(k) for k in ex.storage.list(wire.status_prefix(job_id))}
         now = time.time()
         with ex._lock:
@@ -600,6 +609,7 @@ class Executor(concurrent.futures.Executor):
             self._collector.stop()
             self.backend.close()
             signing.forget_job(self.job_id)
+            objects.forget_job(self.job_id)
             if not self.keep_data:
                 self.storage.delete(wire.job_prefix(self.job_id))
                 self._remove_own_folder()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 from . import serialize, signing, wire
 from .errors import PayloadTooLargeError, SerializationError
-from .objects import ObjectRef, remember
+from .objects import ObjectRef
 from .storage import Storage
 
 # Argument batches are uploaded in blobs of about this size; one blob serves many invocations.
@@ -50,7 +50,6 @@ class JobWriter:
         blob = serialize.dumps(obj, "object")
         key = wire.obj_key(self.job_id, serialize.digest(blob))
         self._upload_once(key, blob)
-        remember(key, obj, len(blob))
         return ObjectRef(key, self.spec, len(blob))
 
     def _upload_once(self, key: str, blob: bytes) -> None:

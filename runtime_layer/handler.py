@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import threading
@@ -20,9 +19,11 @@ import time
 import traceback
 
 from lambdamap import serialize, signing, wire
-from lambdamap.errors import CallTimeoutError, IntegrityError, InvocationDeadline, PayloadTooLargeError, SerializationError
-from lambdamap.objects import resolve
+from lambdamap.errors import (CallTimeoutError, IntegrityError, InvocationDeadline,
+                             PayloadTooLargeError, SerializationError)
+from lambdamap.objects import resolve, running_job
 from lambdamap.storage import Storage, storage_from_spec
+from runtime_layer.memory import PeakMemory
 
 log = logging.getLogger("lambdamap.runtime")
 
@@ -84,7 +85,7 @@ def handler(event: dict, context=None) -> dict:
         started = time.time()
         with _alarm_at(deadline):
             record = _run(fn, payload, call_id, options.get("max_result_bytes"),
-                          timeout=options.get("function_timeout"))
+                          timeout=options.get("function_timeout"), job_id=job_id)
         if i > 0 and _stopped_by_deadline(record, deadline):
             # Earlier calls used part of the budget: this call gets the whole of it again, first
             # in a new invocation, rather than failing for a time-out that is not its own.
@@ -223,60 +224,102 @@ def _load_function(storage: Storage, key: str, signing_key: bytes | None):
 
 
 class _LogCapture(logging.Handler):
-    """Collects the log records of the call being run (one instance, a fresh buffer per call)."""
+    """Collects the log records of the call being run (one instance, a fresh buffer per call).
+
+    It takes INFO and above from every logger the user did not set to a higher level. The root
+    logger's WARNING default would drop INFO records before any handler sees them, so during the
+    call the root level is lowered to INFO, and the root's other handlers (e.g. Lambda's own,
+    which feeds CloudWatch) get a filter that keeps from them what the old level would have
+    dropped. Both are undone after the call, unless the call set the root level itself.
+    """
 
     def __init__(self):
         super().__init__(logging.NOTSET)
         self.buffer = io.StringIO()
         self.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        self._level_before = logging.NOTSET
 
     def emit(self, record: logging.LogRecord) -> None:
         self.buffer.write(self.format(record) + "\n")
 
+    @contextlib.contextmanager
+    def capturing(self, buffer: io.StringIO):
+        self.buffer = buffer
+        root = logging.getLogger()
+        self._level_before = before = root.level
+        lowered = before > logging.INFO
+        others = list(root.handlers)
+        if lowered:
+            root.setLevel(logging.INFO)
+            for handler in others:
+                handler.addFilter(self._passed_before)
+        root.addHandler(self)
+        try:
+            yield
+        finally:
+            root.removeHandler(self)
+            if lowered:
+                for handler in others:
+                    handler.removeFilter(self._passed_before)
+                if root.level == logging.INFO:
+                    root.setLevel(before)
+
+    def _passed_before(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` would have been logged under the root's level before the call:
+        it is at or above that level, or its logger (or a parent below root) has a level of its own."""
+        if record.levelno >= self._level_before:
+            return True
+        logger = logging.getLogger(record.name)
+        while logger.parent is not None:
+            if logger.level != logging.NOTSET:
+                return True
+            logger = logger.parent
+        return False
+
 
 _log_capture = _LogCapture()
+_peak_memory = PeakMemory()
 
 
 def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None,
-         timeout: float | None = None) -> wire.CallRecord:
-    """Run one call, capturing what it prints and logs, and encode its outcome."""
+         timeout: float | None = None, job_id: str | None = None) -> wire.CallRecord:
+    """Run one call, capturing what it prints and logs, and encode its outcome.
+
+    ``job_id`` is the call's job: an :class:`~lambdamap.ObjectRef` of another job is refused.
+    """
     out, err, logs = io.StringIO(), io.StringIO(), io.StringIO()
-    capture = _log_capture
-    capture.buffer = logs
-    root = logging.getLogger()
-    root.addHandler(capture)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    _peak_memory.reset()
+    with _log_capture.capturing(logs), running_job(job_id), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            args, kwargs = serialize.loads(payload)
+            args, kwargs = resolve(args, kwargs)
+            value = fn(*args, **kwargs)
+        except _Deadline:
+            error = CallTimeoutError(
+                f"call {call_id} ran past the function time-out"
+                f"{f' of {timeout} s' if timeout else ''} and was stopped")
+            record = wire.failure_record(call_id, error, traceback.format_exc())
+        except BaseException as exc:  # noqa: BLE001 - a user's SystemExit comes home too
+            record = wire.failure_record(call_id, exc, traceback.format_exc())
+        else:
             try:
-                args, kwargs = serialize.loads(payload)
-                args, kwargs = resolve(args, kwargs)
-                value = fn(*args, **kwargs)
-            except _Deadline:
-                error = CallTimeoutError(
-                    f"call {call_id} ran past the function time-out"
-                    f"{f' of {timeout} s' if timeout else ''} and was stopped")
-                record = wire.failure_record(call_id, error, traceback.format_exc())
-            except BaseException as exc:  # noqa: BLE001 - a user's SystemExit comes home too
+                blob = serialize.dumps(value, f"the result of call {call_id}")
+                if max_result_bytes and len(blob) > max_result_bytes:
+                    raise PayloadTooLargeError(
+                        f"the result of call {call_id} pickles to {len(blob) / 2**20:.1f} MiB, "
+                        f"above max_result_bytes={max_result_bytes / 2**20:.1f} MiB: return "
+                        "less (e.g. write large output to storage yourself) or raise the limit")
+                record = wire.CallRecord(call_id=call_id, ok=True, value_blob=blob)
+            except (SerializationError, PayloadTooLargeError) as exc:
                 record = wire.failure_record(call_id, exc, traceback.format_exc())
-            else:
-                try:
-                    blob = serialize.dumps(value, f"the result of call {call_id}")
-                    if max_result_bytes and len(blob) > max_result_bytes:
-                        raise PayloadTooLargeError(
-                            f"the result of call {call_id} pickles to {len(blob) / 2**20:.1f} MiB, "
-                            f"above max_result_bytes={max_result_bytes / 2**20:.1f} MiB: return "
-                            "less (e.g. write large output to storage yourself) or raise the limit")
-                    record = wire.CallRecord(call_id=call_id, ok=True, value_blob=blob)
-                except (SerializationError, PayloadTooLargeError) as exc:
-                    record = wire.failure_record(call_id, exc, traceback.format_exc())
-    finally:
-        root.removeHandler(capture)
     record.stdout, record.stderr, record.logs = out.getvalue(), err.getvalue(), logs.getvalue()
     return record
 
 
 def _write(storage: Storage, job_id: str, record: wire.CallRecord, started: float,
            bytes_in: int, warm: bool, attempt: int) -> None:
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Write the call's record with its peak memory (see :mod:`runtime_layer.memory`)."""
     wire.write_record(storage, job_id, record, started=started, bytes_in=bytes_in,
-                      worker=WORKER_ID, warm=warm, attempt=attempt, peak_memory_mb=peak_mb)
+                      worker=WORKER_ID, warm=warm, attempt=attempt,
+                      peak_memory_mb=_peak_memory.peak_mb(), peak_memory_scope=_peak_memory.scope)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
+import threading
 import time
 
 import pytest
 
-from lambdamap import CallTimeoutError, Executor, WorkerLostError, wire
+from lambdamap import CallTimeoutError, Executor, IntegrityError, WorkerLostError, wire
 from lambdamap.backends.local import LocalBackend
 from lambdamap.collector import outcome
 from lambdamap.storage import S3Storage
@@ -188,6 +189,14 @@ def test_client_restarted_mid_job_attach_recovers_every_result(tmp_path):
     assert not alive, "worker processes outlived their client"
     finished_before = len(list(status_dir.glob("*")))
     assert 30 <= finished_before < 200
+
+    # Without the key: a clear error, and nothing of the attempt keeps running.
+    children = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(IntegrityError, match="another signing key .*signing_key=old.signing_key"):
+        Executor.attach(job_id, storage=str(store), workers=2)
+    assert {p.pid for p in psutil.Process().children()} <= children
+    assert not any(t.name.startswith("lambdamap") for t in threading.enumerate())
+    assert len(list(status_dir.glob("*"))) == finished_before  # and the job is untouched
 
     with Executor.attach(job_id, storage=str(store), workers=2, signing_key=bytes.fromhex(key)) as ex:
         futures = ex.futures

@@ -99,7 +99,8 @@ class LocalBackend(Backend):
         proc = subprocess.Popen(
             [sys.executable, "-m", "lambdamap.backends.local_worker", self._listener.address,
              str(self.function_timeout or 0)],
-            stdin=subprocess.PIPE, env=_worker_env(), start_new_session=True)
+            stdin=subprocess.PIPE, env=_worker_env(), start_new_session=True,
+            cwd=self._folder)  # not the client's working directory: a Lambda container has none
         # Secrets travel on stdin: never in argv or the environment of the client.
         proc.stdin.write(self._authkey.hex().encode() + b"\n" + self._signing_key.hex().encode() + b"\n")
         proc.stdin.close()
@@ -151,7 +152,7 @@ class LocalBackend(Backend):
             self._listener.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
-            shutil.rmtree(self._folder, ignore_errors=True)
+            shutil.rmtree(self._folder, ignore_errors=True)  # the workers' cwd: whatever they left
 
     def signing_key(self) -> bytes:
         return self._signing_key
@@ -276,8 +277,8 @@ class LocalBackend(Backend):
 
 
 def _worker_env() -> dict:
-    """The worker's environment: the client's, with lambdamap importable even from a source tree."""
+    """The worker's environment: the client's, but ``PYTHONPATH`` only makes lambdamap importable
+    (even from a source tree); the client's own additions are not the runtime's (see local_worker)."""
     env = dict(os.environ)
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return env

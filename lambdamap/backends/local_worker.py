@@ -2,13 +2,17 @@
 
 Started by :class:`~lambdamap.backends.local.LocalBackend` as ``python -m
 lambdamap.backends.local_worker ADDRESS`` with the auth key on stdin. It connects back, then loops:
-receive ``(seq, event)``, run the universal handler, answer ``seq``. It knows nothing of the
-client's ``__main__``, exactly like a Lambda container.
+receive ``(seq, event)``, run the universal handler, answer ``seq``. Like a Lambda container it
+knows nothing of the client's ``__main__``, working directory or ``sys.path`` additions: it imports
+what is installed and the runtime's own packages, so that code that would fail to import on Lambda
+fails here too.
 """
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -47,8 +51,43 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="lambdamap-parent-watch").start()
 
 
+class _RuntimePackages:
+    """Import finder for lambdamap's own packages, from the source tree that holds them.
+
+    Stands in for the source tree's ``sys.path`` entry, which would expose everything else in
+    that folder too (as a client's working directory would).
+    """
+
+    def __init__(self, root: str, names: frozenset[str]):
+        self.root, self.names = root, names
+
+    def find_spec(self, name: str, path=None, target=None):
+        if path is None and name in self.names:
+            return importlib.machinery.PathFinder.find_spec(name, [self.root])
+        return None
+
+
+def _isolate_imports() -> None:
+    """Drop the working directory and the source tree from ``sys.path`` (see the module doc).
+
+    The backend starts the worker in a private empty folder with ``PYTHONPATH`` set to the folder
+    holding ``lambdamap`` only; when that folder is not an install location (a source tree), its
+    runtime packages stay importable through :class:`_RuntimePackages`, nothing else in it does.
+    """
+    from lambdamap.serialize import RUNTIME_PACKAGES
+
+    root = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    dropped = {os.path.realpath(os.getcwd())}
+    if root not in {os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}:
+        dropped.add(root)
+        sys.meta_path.append(_RuntimePackages(root, RUNTIME_PACKAGES))
+    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) not in dropped]
+    os.environ.pop("PYTHONPATH", None)  # nor do the user's subprocesses inherit it
+
+
 def main() -> None:
     _die_with_parent()
+    _isolate_imports()
     address, timeout = sys.argv[1], float(sys.argv[2]) or None
     authkey = bytes.fromhex(sys.stdin.readline().strip())
     os.environ["LAMBDAMAP_SIGNING_KEY"] = sys.stdin.readline().strip()  # the runtime's key
