@@ -424,3 +424,50 @@ def test_map_with_buffersize_consumes_an_endless_input_lazily():
         assert list(itertools.islice(results, 25)) == list(range(25))
         assert len(ex.metrics()) <= 25 + 8 + 2  # never more than the buffer ahead
         results.close()
+
+
+# -- libraries on top stop at their first failed task ------------------------------------------
+
+
+from sklearn.base import BaseEstimator, RegressorMixin  # noqa: E402
+
+
+class FailingOnce(RegressorMixin, BaseEstimator):
+    """A scikit-learn regressor whose fit fails on one fold's data and is slow on the others."""
+
+    def __init__(self, fail_rows: int = -1):
+        self.fail_rows = fail_rows
+
+    def fit(self, X, y):
+        if len(X) == self.fail_rows:
+            raise ArithmeticError("this learner fails on one fold")
+        time.sleep(1.0)
+        self.mean_ = float(y.mean())
+        return self
+
+    def predict(self, X):
+        import numpy as np
+
+        return np.full(len(X), self.mean_)
+
+
+def test_a_dml_fit_stops_at_its_first_failed_task():
+    import numpy as np
+    from doubleml import DoubleMLData
+
+    from dml import DoubleMLPLRServerless
+
+    rng = np.random.default_rng(0)
+    n = 103  # folds of 5 on 103 rows: training sets of 82 and 83 rows
+    x = rng.normal(size=(n, 2))
+    d = x[:, 0] + rng.normal(size=n)
+    y = 0.5 * d + x[:, 1] + rng.normal(size=n)
+    data = DoubleMLData.from_arrays(x, y, d)
+    with Executor(workers=2) as ex:
+        model = DoubleMLPLRServerless(data, FailingOnce(fail_rows=82), FailingOnce(), n_folds=5,
+                                      n_rep=4, executor=ex, granularity="fold")
+        start = time.monotonic()
+        with pytest.raises(ArithmeticError, match="fails on one fold"):
+            model.fit()
+        # 40 tasks of 1 s on 2 workers would take 20 s; the failure comes within the first wave.
+        assert time.monotonic() - start < 8
