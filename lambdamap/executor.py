@@ -51,8 +51,11 @@ START_LIST_INTERVAL = 2.0
 CONTROL_WRITE_INTERVAL = 0.5
 
 METRICS_COLUMNS = ["call_id", "submitted", "started", "finished", "duration", "peak_memory_mb",
-                   "worker", "warm", "bytes_in", "bytes_out", "attempt", "ok", "error_type",
-                   "cancelled"]
+                   "peak_memory_scope", "worker", "warm", "bytes_in", "bytes_out", "attempt", "ok",
+                   "error_type", "cancelled"]
+METRICS_ORDER = ["call_id", "submitted", "started", "finished", "duration", "queue_delay", "cold",
+                 "warm", "peak_memory_mb", "peak_memory_scope", "worker", "bytes_in", "bytes_out",
+                 "attempt", "ok", "error_type", "cancelled"]
 
 
 class Executor(concurrent.futures.Executor):
@@ -358,12 +361,25 @@ class Executor(concurrent.futures.Executor):
     # -- diagnostics ---------------------------------------------------------------------------
 
     def metrics(self) -> pd.DataFrame:
-        """One row per call: times (epoch seconds), duration, peak memory, worker, warm, bytes."""
+        """One row per call, in call order. Columns (times are epoch seconds):
+
+        ``call_id``; ``submitted`` (when ``submit``/``map`` made it); ``started``, ``finished``
+        and ``duration`` (the call's own run in the runtime); ``queue_delay`` (started − submitted:
+        upload, dispatch, queueing and cold start); ``cold`` (its invocation started a fresh
+        worker and this was its first call); ``peak_memory_mb`` (the call's own peak RSS where
+        the runtime can reset it — see ``peak_memory_scope`` — else the worker's lifetime peak);
+        ``worker`` (process or Lambda log stream); ``bytes_in``/``bytes_out`` (pickled arguments
+        and result); ``attempt`` (0 for the first invocation, +1 per re-invocation); ``ok``;
+        ``error_type``; ``cancelled``. Calls without a result have NaN/None in the run columns.
+        """
         import pandas as pd  # here: workers import lambdamap too, and need no pandas
 
         with self._lock:
             rows = [dict(row) for _, row in sorted(self._rows.items())]
-        return pd.DataFrame(rows, columns=METRICS_COLUMNS)
+        frame = pd.DataFrame(rows, columns=METRICS_COLUMNS)
+        frame["queue_delay"] = frame["started"] - frame["submitted"]
+        frame["cold"] = frame["warm"].map({True: False, False: True})
+        return frame[METRICS_ORDER]
 
     # -- scheduling ------------------------------------------------------------------------------
 
@@ -395,7 +411,7 @@ class Executor(concurrent.futures.Executor):
             first = self._next_call
             self._next_call += len(calls)
         payloads = self._writer.arguments(fn, calls, first)
-        tick = _progress_bar(len(calls), getattr(fn, "__name__", "calls")) if progress else None
+        progress_bar = _progress_bar(len(calls), getattr(fn, "__name__", "calls")) if progress else None
         futures: list[CallFuture] = []
         for blob, events in self._writer.batches(fn_key, payloads, first, chunksize):
             now = time.time()
@@ -404,7 +420,8 @@ class Executor(concurrent.futures.Executor):
                 for event in events:
                     for cid in event.calls:
                         future = self._new_future(cid, now, len(payloads[cid - first]))
-                        future.on_collected = tick
+                        if progress_bar is not None:
+                            progress_bar.watch(future)
                         batch.append(future)
                     self._ledger.add(event.calls)
             futures.extend(batch)
@@ -710,8 +727,8 @@ def _result_or_cancel(future: concurrent.futures.Future, timeout: float | None) 
 
 
 def _row_of(status: dict) -> dict:
-    keys = ("started", "finished", "duration", "peak_memory_mb", "worker", "warm", "bytes_out",
-            "attempt", "ok", "error_type")
+    keys = ("started", "finished", "duration", "peak_memory_mb", "peak_memory_scope", "worker",
+            "warm", "bytes_out", "attempt", "ok", "error_type")
     return {k: status.get(k) for k in keys}
 
 
@@ -743,18 +760,38 @@ def _check_arguments(*, max_workers, workers, function_timeout, max_retries, los
     _positive_int("max_result_bytes", max_result_bytes)
 
 
-def _progress_bar(total: int, label: str) -> Callable[[CallFuture], None]:
-    """A tqdm bar over ``total`` calls; returns the hook that ticks it once per collected call."""
-    from tqdm.auto import tqdm
+def _progress_bar(total: int, label: str) -> _Progress | None:
+    """A tqdm bar over ``total`` calls (none for an empty map)."""
+    return _Progress(total, label) if total else None
 
-    bar = tqdm(total=total, desc=label, unit="call")
-    counter = itertools.count(1)
-    lock = threading.Lock()
 
-    def tick(_future: CallFuture) -> None:
-        with lock:
-            bar.update(1)
-            if next(counter) == total:
-                bar.close()
+class _Progress:
+    """Ticks once per collected call (before waiters wake, so the bar is never behind), counts
+    failures, and closes when every call is done — collected or cancelled."""
 
-    return tick
+    def __init__(self, total: int, label: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=label, unit="call")
+        self.left = total
+        self.failed = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, future: CallFuture) -> None:
+        with self.lock:
+            self.bar.update(1)
+            if future.status.get("ok") is False:
+                self.failed += 1
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+
+    def watch(self, future: CallFuture) -> None:
+        future.on_collected = self
+        future.add_done_callback(self._done)
+
+    def _done(self, future: concurrent.futures.Future) -> None:
+        with self.lock:
+            self.left -= 1
+            if future.cancelled():
+                self.bar.set_postfix(failed=self.failed, cancelled=True, refresh=False)
+            if self.left == 0:
+                self.bar.close()

@@ -255,6 +255,23 @@ def test_progress_bar(ex, capsys):
     assert "20/20" in err
 
 
+def test_progress_bar_of_an_empty_map_prints_nothing(ex, capsys):
+    assert list(ex.map(abs, [], progress=True)) == []
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_of_a_failed_map_says_so_and_closes(ex, capsys):
+    from tqdm import tqdm
+
+    with pytest.raises(CustomError):
+        list(ex.map(fails_on_three, [3] + list(range(40)), progress=True))
+    deadline = time.monotonic() + 30
+    while tqdm._instances and time.monotonic() < deadline:  # the rest are cancelled or collected
+        time.sleep(0.05)
+    assert not tqdm._instances  # closed
+    assert "failed=1" in capsys.readouterr().err
+
+
 def test_metrics_one_row_per_call():
     with Executor(workers=2) as ex:
         list(ex.map(lambda x: bytes(x), [10, 1000, 100_000]))
@@ -267,6 +284,9 @@ def test_metrics_one_row_per_call():
     assert m["bytes_out"].iloc[2] > 100_000 > m["bytes_out"].iloc[1]
     assert (m["peak_memory_mb"] > 1).all()
     assert m["worker"].str.contains(":").all()
+    assert (m["queue_delay"] >= -1).all() and (m["queue_delay"] == m["started"] - m["submitted"]).all()
+    assert (m["cold"] == ~m["warm"].astype(bool)).all() and (m["attempt"] == 0).all()
+    assert set(m["peak_memory_scope"]) <= {"call", "process"}
 
 
 def test_workers_are_reused_warm_across_jobs():
