@@ -61,7 +61,8 @@ class GroveForestMixin:
         with using_executor(self.executor) as executor:
             backend = LambdamapBackend(executor=executor, tasks_per_call=self.grove_size,
                                        require_versions=sklearn_requirement())
-            with parallel_config(backend=backend):
+            # n_jobs=-1 only names the fan-out in joblib's messages: groups ignore n_jobs.
+            with parallel_config(backend=backend, n_jobs=-1):
                 return super().fit(X, y, sample_weight=sample_weight)
 
     # --------------------------------------------------------------------------- predicting

@@ -116,9 +116,15 @@ def check_runtime(executor: Any, required: Mapping[str, str]) -> None:
 
 def _check_installed(required: Mapping[str, str]) -> None:
     """The worker's half of :func:`check_runtime`: the versions installed here."""
+    _refuse_mismatch(required, _installed(tuple(sorted(required))), "this runtime")
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(names: tuple[str, ...]) -> dict[str, str | None]:
+    # Read once per process: a warm worker checks every call, and packages do not change under it.
     from .versions import installed_versions
 
-    _refuse_mismatch(required, installed_versions(required), "this runtime")
+    return installed_versions(names)
 
 
 def _refuse_mismatch(required: Mapping[str, str], found: Mapping[str, str | None],
@@ -340,9 +346,12 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
         self._reset_call()
 
     def stop_call(self):
-        self._send_waiting()  # nothing should be left; never strand a task
-        with self._lock:
+        with self._lock:  # anything still waiting belongs to a call that ended without it
+            waiting, self._waiting = self._waiting, []
             self._refs.clear()  # drop our hold on the call's arguments
+            self._shipped.clear()
+        for _, future in waiting:
+            future.cancel()
 
     def terminate(self):
         self.reset_batch_stats()
@@ -388,7 +397,7 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
             self._waiting: list[tuple[list, concurrent.futures.Future]] = []
             self._calls: set = set()
             self._refs: dict[int, tuple[Any, Any]] = {}
-            self._shipped: set[int] = set()
+            self._shipped: dict[int, Any] = {}
             self._flushing = False
 
     def _executor(self):
@@ -487,7 +496,7 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
         for its function (joblib and scikit-learn wrap it, so the executor cannot see it)."""
         fn = _unwrapped(fn)
         if id(fn) not in self._shipped:
-            self._shipped.add(id(fn))
+            self._shipped[id(fn)] = fn  # held: its id cannot be reused during the call
             serialize._ship_user_modules_of(fn)
 
 

@@ -148,7 +148,7 @@ def test_large_arguments_travel_once(executor):
     cv = StratifiedKFold(3)
 
     def search():
-        return GridSearchCV(LogisticRegression(max_iter=50), grid, cv=cv, n_jobs=2).fit(X, Y)
+        return GridSearchCV(LogisticRegression(max_iter=200), grid, cv=cv, n_jobs=2).fit(X, Y)
 
     with parallel_config(backend=(deduped := LambdamapBackend(executor))):
         ours = search()
@@ -161,15 +161,39 @@ def test_large_arguments_travel_once(executor):
     assert np.array_equal(ours.cv_results_["mean_test_score"], inline.cv_results_["mean_test_score"])
 
 
-def test_stored_arguments_are_read_only_in_tasks(executor):
+def test_stored_arguments_cannot_be_changed_by_a_task(executor):
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.zeros(10_000), "b": np.ones(10_000)})  # 160 KB: stored
     with parallel_config(backend="lambdamap", executor=executor):
         flags = Parallel(n_jobs=2)(delayed(_writeable)(X, i) for i in range(4))
-    assert flags == [False] * 4
-    assert X.flags.writeable  # the caller's array is untouched
+        seen = Parallel(n_jobs=2, batch_size=3)(delayed(_overwrite)(frame, i) for i in range(6))
+    assert flags == [False] * 4  # a read-only view, as joblib's memory maps
+    assert seen == [0.0] * 6  # each task got its own shallow copy of the shared frame
+    assert X.flags.writeable and frame["a"].sum() == 0  # the caller's objects are untouched
 
 
 def _writeable(array, _i):
     return array.flags.writeable
+
+
+def _overwrite(frame, i):
+    before = float(frame["a"].iloc[0])
+    frame["a"] = float(i + 1)
+    return before
+
+
+def test_functions_of_your_own_modules_travel_by_value(executor, tmp_path, monkeypatch):
+    from sklearn.utils.parallel import Parallel as SkParallel
+    from sklearn.utils.parallel import delayed as sk_delayed
+
+    (tmp_path / "my_helpers_12.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the workers' sys.path does not have it
+    import my_helpers_12
+
+    with parallel_config(backend="lambdamap", executor=executor):
+        assert SkParallel(n_jobs=2)(sk_delayed(my_helpers_12.triple)(i) for i in range(4)) == \
+            [0, 3, 6, 9]
 
 
 def test_nested_joblib_and_blas_use_one_worker_unless_asked(executor):
