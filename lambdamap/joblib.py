@@ -42,7 +42,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-import joblib  # the real joblib: imports are absolute
+# The real joblib, not this module: imports are absolute.
 from joblib.parallel import (AutoBatchingMixin, FallbackToBackend, ParallelBackendBase,
                              SequentialBackend, ThreadingBackend, parallel_config,
                              register_parallel_backend)
