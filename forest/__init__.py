@@ -11,9 +11,7 @@ from .estimators import GroveForestClassifier, GroveForestRegressor
 from .executors import InlineExecutor
 from .persist import load
 from .search import GroveGridSearchCV
-from .seeding import SKLEARN_VERSIONS, UnsupportedSklearnVersion
 
 __all__ = [
-    "GroveForestClassifier", "GroveForestRegressor", "GroveGridSearchCV", "InlineExecutor",
-    "SKLEARN_VERSIONS", "UnsupportedSklearnVersion", "load",
+    "GroveForestClassifier", "GroveForestRegressor", "GroveGridSearchCV", "InlineExecutor", "load",
 ]

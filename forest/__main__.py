@@ -4,7 +4,7 @@
                                 [--models models] [--seed 0]
 
 Holds out a quarter of digits (stratified), grows ``--trees`` trees in groves of ``--grove`` on a
-local lambdamap Executor with a progress bar, prints the held-out accuracy, the grove count and
+local lambdamap Executor with joblib's progress messages, prints the held-out accuracy, the grove count and
 timings, and saves the model as ``<models>/NAME.pkl`` (``--models`` may be ``s3://bucket/prefix``).
 ``--predict`` also predicts the held-out set distributed (one call per grove) and checks that it
 equals the local prediction.
@@ -54,7 +54,7 @@ def train(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         model.fit(X_train, y_train)
         fit_seconds = time.perf_counter() - started
-        model.set_params(verbose=0)  # the bar was for fitting; keep joblib quiet when predicting
+        model.set_params(verbose=0)  # the messages were for fitting; keep joblib quiet predicting
 
         started = time.perf_counter()
         predicted = model.predict(X_test)

@@ -1,38 +1,27 @@
 """GroveForestClassifier and GroveForestRegressor: scikit-learn's random forests, grown in groves.
 
 Each class *is* its scikit-learn forest (a subclass) with two more parameters, ``grove_size`` and
-``executor``, and one different method, ``fit``: the loop that grows the trees fans out, one
-executor call per grove of ``grove_size`` trees. Everything after fitting (``predict``,
-``predict_proba``, ``feature_importances_``, OOB attributes, ``apply``, tags) is scikit-learn's own
-code running on the same trees, hence equal to scikit-learn's results.
+``executor``. ``fit`` is scikit-learn's own, run under lambdamap's joblib backend: the loop that
+grows the trees fans out, one executor call per grove of ``grove_size`` trees, the training data
+stored once. Everything after fitting (``predict``, ``predict_proba``, ``feature_importances_``,
+OOB attributes, ``apply``, tags) is scikit-learn's own code running on the same trees, hence
+equal to scikit-learn's results.
 """
 from __future__ import annotations
 
 import copy
 from numbers import Integral
 from typing import Any
-from warnings import warn
 
 import numpy as np
-from scipy.sparse import issparse
-from sklearn.base import clone, is_classifier
+from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.exceptions import DataConversionWarning
 from sklearn.utils._param_validation import HasMethods, Interval
-from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
 from .executors import using_executor
-from .grove import TrainingSet, grow_grove, predict_grove
-from .seeding import (
-    _check_sample_weight,
-    _fit_context,
-    _get_n_samples_bootstrap,
-    check_sklearn_version,
-    draw_trees,
-    grove_slices,
-    validate_data,
-)
+from .grove import predict_grove
+from .seeding import grove_slices, sklearn_requirement
 
 _GROVE_PARAMS = ("grove_size", "executor")
 _GROVE_CONSTRAINTS: dict = {
@@ -57,106 +46,24 @@ class GroveForestMixin:
 
     # ----------------------------------------------------------------------------- fitting
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Build the forest from (X, y), one executor call per grove; returns self.
 
-        Step for step the ``fit`` of scikit-learn's ``BaseForest`` (version range in
-        ``forest.seeding.SKLEARN_VERSIONS``); only the tree loop runs on the executor.
+        This is scikit-learn's own ``fit``: its tree loop (a ``joblib.Parallel``) runs on
+        lambdamap's joblib backend, which sends each grove of ``grove_size`` trees as one call
+        and the training data once (see :mod:`lambdamap.joblib`). Before anything is invoked,
+        the executor's runtime must have this client's scikit-learn (see :mod:`forest.seeding`).
         """
-        check_sklearn_version()
-        X, y, missing_mask = self._validate_training_data(X, y, sample_weight)
+        from joblib import parallel_config
 
-        # The trees: seeds drawn here as scikit-learn draws them, growing on the executor.
-        if not self.warm_start or not hasattr(self, "estimators_"):
-            self.estimators_ = []
-        n_new = self.n_estimators - len(self.estimators_)
-        if n_new < 0:
-            raise ValueError(f"n_estimators={self.n_estimators} must be larger or equal to "
-                             f"len(estimators_)={len(self.estimators_)} when warm_start==True")
-        if n_new == 0:
-            warn("Warm-start fitting without increasing n_estimators does not fit new trees.")
-        else:
-            trees = draw_trees(self, len(self.estimators_), n_new)
-            data = TrainingSet(
-                X=X, y=y, sample_weight=self._sample_weight,
-                missing_values_in_feature_mask=missing_mask, bootstrap=self.bootstrap,
-                class_weight=getattr(self, "class_weight", None),
-                n_samples_bootstrap=self._n_samples_bootstrap, n_trees=n_new,
-                verbose=self.verbose)
-            self.estimators_.extend(self._grow(data, trees))
+        from lambdamap.joblib import LambdamapBackend
 
-        if self.oob_score and (n_new > 0 or not hasattr(self, "oob_score_")):
-            y_type = type_of_target(y)
-            if y_type == "unknown" or (is_classifier(self) and y_type == "multiclass-multioutput"):
-                raise ValueError(
-                    "The type of target cannot be used to compute OOB estimates. Got "
-                    f"{y_type} while only the following are supported: continuous, "
-                    "continuous-multioutput, binary, multiclass, multilabel-indicator.")
-            scoring = self.oob_score if callable(self.oob_score) else None
-            self._set_oob_score_and_attributes(X, y, scoring_function=scoring)
-
-        # Single output: scikit-learn stores classes_ as an array, not a list of one array.
-        if hasattr(self, "classes_") and self.n_outputs_ == 1:
-            self.n_classes_ = self.n_classes_[0]
-            self.classes_ = self.classes_[0]
-        return self
-
-    def _validate_training_data(self, X, y, sample_weight):
-        """Validate and encode as scikit-learn's ``BaseForest.fit`` does, setting the same
-        attributes; returns (X as float32, y encoded as float64 2-d, missing-values mask)."""
-        if issparse(y):
-            raise ValueError("sparse multilabel-indicator for y is not supported.")
-        X, y = validate_data(self, X, y, multi_output=True, accept_sparse="csc",
-                             dtype=np.float32, ensure_all_finite=False)
-        # Only the criterion decides whether trees support missing values.
-        criterion_tree = type(self.estimator)(criterion=self.criterion)
-        missing_mask = criterion_tree._compute_missing_values_in_feature_mask(
-            X, estimator_name=type(self).__name__)
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X)
-        if issparse(X):
-            X.sort_indices()  # once here, not in every tree
-        y = np.atleast_1d(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            warn("A column-vector y was passed when a 1d array was expected. Please change the "
-                 "shape of y to (n_samples,), for example using ravel().",
-                 DataConversionWarning, stacklevel=2)
-        if y.ndim == 1:
-            y = np.reshape(y, (-1, 1))  # keeps y contiguous, unlike y[:, np.newaxis]
-        if self.criterion == "poisson":
-            if np.any(y < 0):
-                raise ValueError("Some value(s) of y are negative which is not allowed for "
-                                 "Poisson regression.")
-            if np.sum(y) <= 0:
-                raise ValueError("Sum of y is not strictly positive which is necessary for "
-                                 "Poisson regression.")
-        self._n_samples, self.n_outputs_ = y.shape
-        y, expanded_class_weight = self._validate_y_class_weight(y, sample_weight)
-        if y.dtype != np.float64 or not y.flags.contiguous:
-            y = np.ascontiguousarray(y, dtype=np.float64)
-        # The weights that draw bootstrap samples (or weigh samples without bootstrap).
-        self._sample_weight = _product_or_none(sample_weight, expanded_class_weight)
-        if not self.bootstrap and self.max_samples is not None:
-            raise ValueError("`max_sample` cannot be set if `bootstrap=False`. Either switch to "
-                             "`bootstrap=True` or set `max_sample=None`.")
-        self._n_samples_bootstrap = (
-            _get_n_samples_bootstrap(X.shape[0], self.max_samples, self._sample_weight)
-            if self.bootstrap else None)
-        self._validate_estimator()
-        if not self.bootstrap and self.oob_score:
-            raise ValueError("Out of bag estimation only available if bootstrap=True")
-        return X, y, missing_mask
-
-    def _grow(self, data: TrainingSet, trees: list) -> list:
-        """Grow ``trees`` in groves on the executor; fitted trees in the same order."""
-        slices = grove_slices(len(trees), self.grove_size)
         with using_executor(self.executor) as executor:
-            data_ref = executor.put(data)  # uploaded once; every call gets the object itself
-            groves = executor.map(grow_grove, [data_ref] * len(slices),
-                                  [trees[s] for s in slices], [s.start for s in slices],
-                                  progress=self.verbose > 0)
-            return [tree for grove in groves for tree in grove]
+            backend = LambdamapBackend(executor=executor, tasks_per_call=self.grove_size,
+                                       require_versions=sklearn_requirement())
+            # n_jobs=-1 only names the fan-out in joblib's messages: groups ignore n_jobs.
+            with parallel_config(backend=backend, n_jobs=-1):
+                return super().fit(X, y, sample_weight=sample_weight)
 
     # --------------------------------------------------------------------------- predicting
 
@@ -315,13 +222,6 @@ class GroveForestRegressor(GroveForestMixin, RandomForestRegressor):
                  warm_start=False, ccp_alpha=0.0, max_samples=None, monotonic_cst=None,
                  grove_size=10, executor=None):
         self._init_grove(locals())
-
-
-def _product_or_none(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    """a * b, treating None as "all ones" (and None * None as None)."""
-    if a is None:
-        return b
-    return a if b is None else a * b
 
 
 def _copy_fitted_state(source, target) -> None:

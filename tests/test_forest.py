@@ -14,20 +14,15 @@ import warnings
 
 import numpy as np
 import pytest
+import sklearn
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_regression
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.utils.estimator_checks import check_estimator
 
-import forest.seeding
-from forest import (
-    GroveForestClassifier,
-    GroveForestRegressor,
-    GroveGridSearchCV,
-    InlineExecutor,
-    UnsupportedSklearnVersion,
-)
+from forest import GroveForestClassifier, GroveForestRegressor, GroveGridSearchCV, InlineExecutor
+from lambdamap import RuntimeMismatchError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Some inputs do not have OOB scores:UserWarning")
 
@@ -40,7 +35,8 @@ WEIGHTS = np.random.RandomState(0).uniform(0.1, 2.0, size=len(X_CLS))
 
 
 class CountingExecutor(InlineExecutor):
-    """InlineExecutor that counts puts and calls."""
+    """InlineExecutor that counts puts and calls (fit submits one call per grove, distributed
+    prediction maps one per grove)."""
 
     def __init__(self):
         self.puts = 0
@@ -54,6 +50,10 @@ class CountingExecutor(InlineExecutor):
         results = list(super().map(fn, *iterables, **kwargs))
         self.calls += len(results)
         return iter(results)
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +197,35 @@ def test_distributed_prediction_equals_local():
     assert np.array_equal(reg.predict(X_REG, distributed=True), reg.predict(X_REG))
 
 
-def test_unknown_sklearn_version_fails_loudly(monkeypatch):
-    forest.seeding.check_sklearn_version("1.9.1")
-    for version in ("1.8.2", "1.10.0", "1.10.dev0", "2.0.0", "nonsense"):
-        with pytest.raises(UnsupportedSklearnVersion):
-            forest.seeding.check_sklearn_version(version)
-    monkeypatch.setattr(forest.seeding.sklearn, "__version__", "1.8.0")
-    with pytest.raises(UnsupportedSklearnVersion, match="1.8.0"):
-        GroveForestClassifier(n_estimators=2, executor=InlineExecutor()).fit(X_CLS, Y_CLS)
+class RuntimeReporting(CountingExecutor):
+    """An in-process executor whose "runtime" reports the given package versions."""
+
+    def __init__(self, versions):
+        super().__init__()
+        self.backend = type("FakeBackend", (), {"name": "fake", "capacity": 2,
+                                                "runtime_versions": lambda _self: versions})()
+
+
+def test_runtime_with_another_sklearn_is_refused_before_any_call():
+    ex = RuntimeReporting({"scikit-learn": "1.7.2"})
+    model = GroveForestClassifier(n_estimators=4, grove_size=2, executor=ex)
+    with pytest.raises(RuntimeMismatchError, match=rf"scikit-learn {sklearn.__version__} on the "
+                                                   r"client, 1\.7\.2 on the runtime"):
+        model.fit(X_CLS, Y_CLS)
+    assert (ex.calls, ex.puts) == (0, 0)
+
+
+def test_worker_checks_sklearn_itself_when_the_runtime_is_unknown(executor, monkeypatch, caplog):
+    # The client cannot tell (runtime_versions() is None): it warns, and the worker refuses
+    # before it unpickles a tree, with both versions in the message.
+    monkeypatch.setattr(executor.backend, "runtime_versions", lambda: None)
+    monkeypatch.setattr("forest.estimators.sklearn_requirement", lambda: {"scikit-learn": "0.99"})
+    model = GroveForestClassifier(n_estimators=4, grove_size=2, executor=executor)
+    with pytest.raises(RuntimeMismatchError, match=r"scikit-learn 0\.99 on the client, "
+                                                   rf"{sklearn.__version__} on this runtime") as info:
+        model.fit(X_CLS, Y_CLS)
+    assert "_check_installed" in str(info.value.__cause__)  # the remote traceback
+    assert "versions of scikit-learn on the local runtime are unknown" in caplog.text
 
 
 # -------------------------------------------------------------------- sklearn and files

@@ -130,6 +130,7 @@ class AWSBackend(Backend):
         self._client = None
         self._unsent = 0  # invocations queued or being sent
         self._sent = threading.Condition()
+        self._capacity: int | None = None  # read on first use (see capacity)
 
     @classmethod
     def from_settings(cls, *, function_timeout: float | None = None, **options: Any) -> AWSBackend:
@@ -199,6 +200,30 @@ class AWSBackend(Backend):
         if deployed.get("LAMBDAMAP_VERSION") not in (None, __version__):
             log.warning("function %r runs lambdamap %s, this client is %s (same wire format: ok)",
                         name, deployed["LAMBDAMAP_VERSION"], __version__)
+
+    @property
+    def capacity(self) -> int:
+        """Invocations that can run at once: the function's reserved concurrency if it has one,
+        else the account's unreserved concurrency; if neither can be read (no permission), the
+        ``invoke_threads`` setting. Read once."""
+        if self._capacity is None:
+            self._capacity = self._read_capacity()
+        return self._capacity
+
+    def _read_capacity(self) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            reserved = self._client.get_function_concurrency(
+                FunctionName=self.settings.function_name).get("ReservedConcurrentExecutions")
+            if reserved:
+                return int(reserved)
+            return int(self._client.get_account_settings()["AccountLimit"]
+                       ["UnreservedConcurrentExecutions"])
+        except (BotoCoreError, ClientError, KeyError) as exc:
+            log.info("cannot read the concurrency of %r (%s); assuming invoke_threads=%d",
+                     self.settings.function_name, exc, self.settings.invoke_threads)
+            return self.settings.invoke_threads
 
     def close(self) -> None:
         self._closing.set()  # ends back-off sleeps at once

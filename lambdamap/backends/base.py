@@ -57,6 +57,12 @@ class Backend(abc.ABC):
         """
         return None
 
+    @property
+    def capacity(self) -> int | None:
+        """How many invocations can run at once (local workers, Lambda's concurrency), or None
+        if unknown. ``n_jobs=-1`` of the joblib backend (:mod:`lambdamap.joblib`) means this."""
+        return None
+
     def default_storage(self):
         """The store to use when the executor is given none (e.g. the deployment's bucket)."""
         return None

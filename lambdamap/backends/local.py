@@ -164,6 +164,11 @@ class LocalBackend(Backend):
         return installed_versions()
 
     @property
+    def capacity(self) -> int:
+        """The number of worker processes."""
+        return self.workers
+
+    @property
     def pids(self) -> list[int]:
         """Process ids of the current workers (for tests and diagnostics)."""
         return [w.proc.pid for w in self._pool]
