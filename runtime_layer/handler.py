@@ -32,6 +32,9 @@ _functions: dict[str, object] = {}
 
 def handler(event: dict, context=None) -> dict:
     """Run the calls of one invocation event; return a small summary (never the results)."""
+    if "lambdamap_probe" in event:  # the client asks, synchronously, what this runtime runs
+        from lambdamap.versions import describe
+        return describe(event.get("packages") or ())
     global _invocations
     warm = _invocations > 0
     _invocations += 1
