@@ -110,7 +110,8 @@ def encode_event(event: dict) -> bytes:
     return payload
 
 
-#: Probe answers, per (function ARN, RevisionId): a function cannot change without a new revision.
+#: Probe answers per function revision (:meth:`AWSBackend._revision`): a function's runtime
+#: cannot change without a new revision.
 _probes: dict[tuple[str, str], dict] = {}
 
 
@@ -266,10 +267,12 @@ class AWSBackend(Backend):
         self.versions.enforce(what, strict=strict)
 
     def _revision(self) -> tuple[str, str] | None:
-        """The function's identity as deployed now: Lambda changes RevisionId on every update."""
+        """The function as deployed now: Lambda changes RevisionId (and LastModified) on every
+        update of its code or configuration, layers included; None if it says neither."""
         config = self.function_config
-        if config.get("FunctionArn") and config.get("RevisionId"):
-            return config["FunctionArn"], config["RevisionId"]
+        revision = config.get("RevisionId") or config.get("LastModified")
+        if config.get("FunctionArn") and revision:
+            return config["FunctionArn"], f"{revision} {config.get('CodeSha256', '')}"
         return None
 
     def runtime_versions(self) -> dict[str, str | None] | None:
