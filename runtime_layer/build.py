@@ -400,7 +400,7 @@ class _PipRunner:
         result = self.run(pins)
         if result.returncode == 0:
             return {}
-        missing = self.missing_pins(pins) if _NOT_FOUND.search(result.stderr) else {}
+        missing = self.missing_pins(pins, result.stderr)
         if not missing:
             raise RuntimeError(f"pip failed to install the layer's requirements:\n{result.stderr[-3000:]}")
         if not allow_drift:
@@ -416,18 +416,17 @@ class _PipRunner:
         raise RuntimeError(f"pip found no versions of the layer's requirements for "
                            f"python{self.python_version} (glibc {self.glibc}):\n{result.stderr[-3000:]}")
 
-    def missing_pins(self, pins: list[str]) -> dict[str, tuple[str, list[str]]]:
+    def missing_pins(self, pins: list[str], stderr: str) -> dict[str, tuple[str, list[str]]]:
         """Every pin without a wheel for the platform, with the versions that do exist there.
 
-        pip names one failure per run, so this resolves the pins alone (``--dry-run --no-deps``)
-        and drops each one it names, until the rest resolve.
+        pip names one failure per run (``stderr`` is the failed install's): this drops the pin it
+        named and resolves the rest alone (``--dry-run --no-deps``), until they resolve.
         """
         missing: dict[str, tuple[str, list[str]]] = {}
         left = list(pins)
         for _ in range(len(pins)):
-            result = self.run(left, dry_run=True)
-            found = _NOT_FOUND.search(result.stderr)
-            if result.returncode == 0 or found is None:
+            found = _NOT_FOUND.search(stderr)
+            if found is None or "==" not in found[1]:  # not one of the client's pins: pip's error stands
                 break
             failed = found[1]
             name, version = _name(failed), failed.partition("==")[2]
@@ -436,6 +435,10 @@ class _PipRunner:
             left = [p for p in left if _name(p) != name]
             if not left:
                 break
+            result = self.run(left, dry_run=True)
+            if result.returncode == 0:
+                break
+            stderr = result.stderr
         return missing
 
 
