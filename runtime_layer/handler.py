@@ -32,7 +32,7 @@ _functions: dict[str, object] = {}
 
 def handler(event: dict, context=None) -> dict:
     """Run the calls of one invocation event; return a small summary (never the results)."""
-    if "lambdamap_probe" in event:  # the client asks, synchronously, what this runtime runs
+    if isinstance(event, dict) and "lambdamap_probe" in event:  # the client asks what runs here
         from lambdamap.versions import describe
         return describe(event.get("packages") or ())
     global _invocations

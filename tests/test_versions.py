@@ -77,3 +77,10 @@ def test_the_record_is_compact_and_read_back_with_the_plain_variables():
     assert versions.parse_record(environment) == {"python": "3.11", "wire_version": 1,
                                                   "versions": {"numpy": "2.4.6", "lambdamap": "0.1.0"}}
     assert versions.parse_record({}) is None
+
+
+def test_the_handler_answers_the_probe_with_what_this_interpreter_runs():
+    from runtime_layer.handler import handler
+
+    answer = handler({"lambdamap_probe": 1, "packages": ["tenacity"]})
+    assert answer == versions.describe(["tenacity"]) and answer["versions"]["tenacity"]
