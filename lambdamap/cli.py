@@ -5,12 +5,17 @@
     lambdamap deploy --bucket my-bucket --region eu-central-1      # build the layer, create/update all
     lambdamap deploy --bucket my-bucket --image 1234.dkr.ecr.../lambdamap:3.11   # container image
     lambdamap status                                               # what runs, do versions match?
+    lambdamap status --no-probe                                    # ... from deploy's record alone
     lambdamap destroy [--delete-bucket]
     lambdamap emulate ...                                          # the local Lambda emulator
 
 Options not given fall back to ``LAMBDAMAP_*`` variables and the config file
-(:mod:`lambdamap.config`). The exit code is 0 on success, 1 when ``status`` finds nothing
-deployed or mismatching versions or when an AWS request fails, 2 on usage errors.
+(:mod:`lambdamap.config`). ``deploy`` checks credentials, region, bucket and read access
+before it builds anything, and builds the client's own package versions: where one has no wheel
+for the runtime, it stops, names them and the ways out (``--allow-version-drift`` among them).
+The exit code is 0 on success, 1 when ``status`` finds nothing deployed or versions that would
+make results fail (warnings alone exit 0), when an AWS request or the build fails, 2 on usage
+errors.
 """
 from __future__ import annotations
 
@@ -69,9 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra argument for pip, e.g. --pip-arg=--index-url=URL (repeatable)")
     deploy.add_argument("--build-dir", type=Path, default=None,
                         help="where to build the layer (default ~/.cache/lambdamap/layer-PY-ARCH)")
+    deploy.add_argument("--allow-version-drift", action="store_true",
+                        help="where this environment's version of a package has no wheel for the "
+                             "runtime, build the newest that has one and record the difference "
+                             "(the client then warns, or refuses where results would fail)")
 
     status = commands.add_parser("status", help="show what is deployed and whether it matches")
     _add(status, _SETTING_OPTIONS)
+    status.add_argument("--no-probe", action="store_true",
+                        help="do not invoke the function to ask what it runs; compare with what "
+                             "deploy recorded only")
 
     destroy = commands.add_parser("destroy", help="remove function, layer versions and role")
     _add(destroy, _SETTING_OPTIONS)
@@ -108,11 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     from . import deploy
 
+    checked = deploy.preflight(settings, image=args.image is not None)  # before the long build
+    print(f"checked   {checked.summary()}")
     layer = None
     if args.image is None:
         layer = _build(args, settings)
-        print(f"built {layer.summary()}")
-    deploy.deploy(settings, layer=layer, image_uri=args.image)
+        print(f"built     {layer.summary()}")
+        for line in layer.drift_report():
+            print(line)
+    deploy.deploy(settings, layer=layer, image_uri=args.image, checked=checked)
     print(f"deployed: Executor(backend='aws', function_name={settings.function_name!r}, "
           f"bucket={settings.bucket!r}" + (f", region={settings.region!r})" if settings.region else ")"))
     return 0
@@ -131,13 +147,14 @@ def _build(args: argparse.Namespace, settings: Settings):
     out = args.build_dir or Path(os.path.expanduser("~/.cache/lambdamap")) / \
         f"layer-{python_version()}-{settings.architecture}"
     return build.build_layer(out, requirements=requirements, architecture=settings.architecture,
-                             pip_args=(lambda cmd: cmd + args.pip_arg) if args.pip_arg else None)
+                             pip_args=(lambda cmd: cmd + args.pip_arg) if args.pip_arg else None,
+                             allow_version_drift=args.allow_version_drift)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from . import deploy
 
-    info = deploy.status(settings)
+    info = deploy.status(settings, probe=not args.no_probe)
     fn = info["function"]
     if fn is None:
         print(f"function  {settings.function_name}: not deployed (run `lambdamap deploy`)")
@@ -147,10 +164,12 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
               f"{','.join(fn.get('Architectures') or [])}")
         for layer in fn["Layers"]:
             print(f"layer     {layer}")
-        for key, ours in info["client"].items():
-            theirs = info["deployed"].get(key)
-            mark = "ok" if theirs == ours else "MISMATCH"
-            print(f"version   {key[len('LAMBDAMAP_'):].lower():<12} deployed {theirs}, client {ours}: {mark}")
+        comparison = info["versions"]
+        source = ("the runtime's own answer" if comparison.probed else
+                  f"deploy's record only ({info['probe_error'] or 'not probed: --no-probe'})")
+        print(f"versions  client against {source}:")
+        for line in comparison.table().splitlines():
+            print(f"          {line}")
     print(f"role      {info['role'] or settings.role + ': absent'}")
     print(f"bucket    {info['bucket'] or (settings.bucket or '(none configured)') + ': absent'}")
     print(f"layers    {len(info['layers'])} version(s) of {settings.layer}")

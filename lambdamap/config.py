@@ -31,6 +31,9 @@ from typing import Any
 
 ENV_PREFIX = "LAMBDAMAP_"
 SECTION = "lambdamap"
+VERSION_CHECKS = ("strict", "warn")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ class Settings:
     invoke_threads: int = 32
     #: Client: attempts per invocation on throttling/transient errors before it counts as lost.
     invoke_attempts: int = 8
+    #: Client: at start, invoke the function once synchronously to learn the package versions it
+    #: really runs (one short invocation, remembered per function revision in this process);
+    #: off: trust what ``lambdamap deploy`` recorded in the function's environment.
+    runtime_probe: bool = True
+    #: Client: ``strict`` refuses a runtime whose packages would make results fail (a different
+    #: major numpy/scipy/pandas/scikit-learn, another cloudpickle); ``warn`` only warns. A
+    #: different Python or wire format is refused either way (:mod:`lambdamap.versions`).
+    version_check: str = "strict"
     #: Endpoints; None means AWS's own.
     s3_endpoint_url: str | None = None
     lambda_endpoint_url: str | None = None
@@ -102,6 +113,8 @@ class Settings:
             raise ValueError(f"timeout must be 1..900 seconds (Lambda's limit), not {self.timeout}")
         if not 128 <= self.memory <= 10240:
             raise ValueError(f"memory must be 128..10240 MB (Lambda's limits), not {self.memory}")
+        if self.version_check not in VERSION_CHECKS:
+            raise ValueError(f"version_check must be one of {VERSION_CHECKS}, not {self.version_check!r}")
         if self.invoke_threads < 1 or self.invoke_attempts < 1:
             raise ValueError("invoke_threads and invoke_attempts must be at least 1")
         if self.signing_key is not None:
@@ -162,6 +175,12 @@ def _coerce(field: dataclasses.Field, raw: Any, origin: str) -> Any:
     """Turn a string from the environment or the file into the field's type."""
     if isinstance(raw, (bytes, bytearray)):  # a key given as bytes (Executor(signing_key=...))
         return bytes(raw).hex()
+    if "bool" in str(field.type):
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).strip().lower() in _BOOLEANS:
+            return _BOOLEANS[str(raw).strip().lower()]
+        raise ValueError(f"setting {field.name} from {origin} must be true or false, not {raw!r}")
     if not isinstance(raw, str) or "int" not in str(field.type):
         return raw
     try:

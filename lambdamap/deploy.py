@@ -9,11 +9,27 @@ second run changes nothing (and each step says ``unchanged``). What gets made:
 * an IAM role for the function with one inline policy, least privilege: objects below
   ``s3://BUCKET/PREFIX/`` (get, put, delete), listing the bucket only under that prefix, and
   writing to the function's own log group; nothing else;
-* the layer (``runtime_layer/build.py``), published only when its content hash is new;
+* the layer (``runtime_layer/build.py``: the client's own package versions, built for the
+  runtime's platform), published only when its content hash is new;
 * the function: runtime ``python3.X`` of the client, handler ``runtime_layer.handler.handler``,
-  with the lambdamap, wire-format and Python versions in its environment and tags (``status``
-  compares them with the client's); or, with ``image_uri``, a container-image function. Lambda's
-  own retries of failed asynchronous invocations are turned off: the executor retries, bounded.
+  with the lambdamap, wire-format and Python versions in its environment and tags, and the
+  record of the runtime the layer holds (:data:`lambdamap.versions.RECORD_ENV`: Python, glibc,
+  the versions of the packages results depend on and of the requirements asked for, and any
+  drift from the client's); or, with ``image_uri``, a container-image function (no record: the
+  client asks the runtime itself). Lambda's own retries of failed asynchronous invocations are
+  turned off: the executor retries, bounded.
+
+The record lives in the function's environment rather than in an object in the bucket: the client
+already reads the function's configuration when it starts (no extra request, no extra
+permission), and it changes together with the function in one ``UpdateFunctionConfiguration``, so
+it cannot go stale apart from it. It is a few hundred bytes of compact JSON; deploy refuses an
+environment over Lambda's 4 KB. What the record cannot see (a layer swapped by hand), the
+runtime's own answer to the client's probe can (:mod:`lambdamap.versions`).
+
+Before anything is built, :func:`preflight` checks what needs no build: a bucket configured, a
+region, credentials that AWS accepts, a bucket that is this account's (or free to create) in that
+region, and that the deployer may read the role, function and layer (docs/aws.md lists the
+permissions).
 
 A freshly created role takes seconds to become assumable by Lambda: ``CreateFunction`` fails with
 ``InvalidParameterValueException`` meanwhile, and is retried with back-off for up to two minutes.
@@ -26,19 +42,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from . import __version__, signing, wire
+from . import __version__, signing, versions, wire
 from .config import Settings, save_setting
+
+log = logging.getLogger(__name__)
 
 HANDLER = "runtime_layer.handler.handler"
 POLICY_NAME = "lambdamap-access"
 MANIFEST = "lambdamap_function.json"  # the function's own code: a manifest (the code is the layer)
 DEPLOY_PREFIX = "_deploy/"             # below the prefix: uploaded layer zips
 ROLE_WAIT_SECONDS = 120.0
+#: Lambda's limit for all of a function's environment variables together.
+ENVIRONMENT_LIMIT_BYTES = 4096
+_CREDENTIAL_ERRORS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
+                      "ExpiredTokenException", "UnrecognizedClientException", "InvalidAccessKeyId",
+                      "AuthFailure", "InvalidToken"}
+_DENIED = {"AccessDenied", "AccessDeniedException", "403"}
 TRUST_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
@@ -127,14 +152,110 @@ def _code(exc: BaseException) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# preflight: what can be checked before the (long) build
+
+
+class PreflightError(RuntimeError):
+    """AWS refused something deploy needs, found before anything was built or changed."""
+
+
+@dataclass
+class Preflight:
+    """What :func:`preflight` found: the clients, and which resources exist already."""
+
+    clients: Clients
+    exists: dict[str, bool]  # bucket, role, function -> found
+
+    def summary(self) -> str:
+        found = ", ".join(f"{what} {'exists' if there else 'will be created'}"
+                          for what, there in self.exists.items())
+        return f"credentials ok, region {self.clients.region}, {found}"
+
+
+def preflight(settings: Settings, *, image: bool = False, session=None) -> Preflight:
+    """Check, read-only, what deploy needs that no build can change; raise saying what to do.
+
+    A bucket configured (``ValueError``), a region, credentials that AWS accepts, a bucket that
+    this account owns in that region or that does not exist yet, and read access to the role,
+    the function (of the same package type: zip or ``image``) and the layer.
+    """
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket = settings.require_bucket()
+    session = session or boto3.session.Session()
+    if session.get_credentials() is None:
+        raise PreflightError("no AWS credentials found: run `aws configure`, or set AWS_PROFILE or "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    clients = Clients.create(settings, session)
+    exists: dict[str, bool] = {}
+
+    def look(what: str, call: Callable, absent: set[str], permission: str, **kwargs) -> Any:
+        try:
+            found = call(**kwargs)
+            exists[what] = True
+            return found
+        except ClientError as exc:
+            code = _code(exc)
+            if code in absent:
+                exists[what] = False
+                return None
+            if code in _CREDENTIAL_ERRORS:
+                raise PreflightError(f"AWS refused the credentials ({code}): {exc}; check "
+                                     "`aws sts get-caller-identity`") from exc
+            if code in _DENIED:
+                raise PreflightError(f"not allowed to read {what} ({code}): the deployer needs "
+                                     f"{permission} (docs/aws.md, Permissions)") from exc
+            raise
+
+    look(f"role {settings.role}", clients.iam.get_role, {"NoSuchEntity"}, "iam:GetRole",
+         RoleName=settings.role)
+    function = look(f"function {settings.function_name}", clients.lambda_.get_function,
+                    {"ResourceNotFoundException"}, "lambda:GetFunction",
+                    FunctionName=settings.function_name)
+    wanted = "Image" if image else "Zip"
+    if function and function["Configuration"].get("PackageType", "Zip") != wanted:
+        raise PreflightError(
+            f"function {settings.function_name!r} is a {function['Configuration']['PackageType']} "
+            f"function; Lambda cannot change it to {wanted}: run `lambdamap destroy` first")
+    if not image:
+        try:
+            _layer_versions(clients.lambda_, settings.layer)
+        except ClientError as exc:
+            if _code(exc) not in _DENIED:
+                raise
+            raise PreflightError(f"not allowed to list the versions of layer {settings.layer} "
+                                 "(the deployer needs lambda:ListLayerVersions, docs/aws.md)") from exc
+    try:
+        clients.s3.head_bucket(Bucket=bucket)
+        exists[f"bucket {bucket}"] = True
+    except ClientError as exc:
+        code, headers = _code(exc), exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            exists[f"bucket {bucket}"] = False
+        elif code in ("301", "PermanentRedirect"):
+            where = headers.get("x-amz-bucket-region", "another region")
+            raise PreflightError(f"bucket {bucket!r} is in {where}, not {clients.region}: deploy "
+                                 f"there (--region {where}) or choose another bucket") from exc
+        elif code in _DENIED:
+            raise PreflightError(
+                f"bucket {bucket!r} exists but this account may not use it ({code}): bucket names "
+                "are global, so choose another (--bucket), or get s3:ListBucket on it") from exc
+        else:
+            raise
+    return Preflight(clients, exists)
+
+
+# ---------------------------------------------------------------------------------------------
 # deploy
 
 
 def deploy(settings: Settings, *, layer=None, image_uri: str | None = None, session=None,
-           say: Callable[[str], None] | None = print) -> Report:
+           say: Callable[[str], None] | None = print, checked: Preflight | None = None) -> Report:
     """Create or update everything; ``layer`` is a :class:`runtime_layer.build.LayerBuild`.
 
     Exactly one of ``layer`` (zip runtime) and ``image_uri`` (container image) is needed.
+    :func:`preflight` runs first unless ``checked`` is its result already.
     """
     if (layer is None) == (image_uri is None):
         raise ValueError("deploy needs either a built layer or an image URI")
@@ -142,16 +263,37 @@ def deploy(settings: Settings, *, layer=None, image_uri: str | None = None, sess
         raise ValueError(f"{layer.summary()}: too large for Lambda; deploy the container image "
                          "instead (`lambdamap deploy --image URI`, see docs/aws.md)")
     bucket = settings.require_bucket()
-    clients = Clients.create(settings, session)
+    clients = (checked or preflight(settings, image=image_uri is not None, session=session)).clients
+    function_environment(settings, layer)  # within Lambda's 4 KB, before anything changes
+    if layer is not None:
+        _warn_if_newer_glibc(layer, say)
     report = Report()
     settings = _ensure_signing_key(settings, report, say)
     _ensure_bucket(clients, bucket, report, say)
     role_arn = _ensure_role(clients, settings, report, say)
     if layer is not None:
         report.layer_arn = _ensure_layer(clients, settings, layer, report, say)
-    report.function_arn = _ensure_function(clients, settings, role_arn, report.layer_arn,
-                                           layer.content_hash if layer else "", image_uri, report, say)
+    report.function_arn = _ensure_function(clients, settings, role_arn, report.layer_arn, layer,
+                                           image_uri, report, say)
     return report
+
+
+def _warn_if_newer_glibc(layer, say) -> None:
+    """A layer built for a newer glibc than its runtime's (``--glibc``) cannot load there."""
+    from runtime_layer.build import LAMBDA_RUNTIMES
+
+    system, glibc = LAMBDA_RUNTIMES.get(layer.python_version, ("", ""))
+    if layer.glibc and glibc and _glibc_key(layer.glibc) > _glibc_key(glibc):
+        message = (f"the layer was built for glibc {layer.glibc}, but python{layer.python_version} "
+                   f"runs on {system} (glibc {glibc}): its compiled packages will not load on AWS "
+                   "(a build for the local emulator or another base)")
+        log.warning(message)
+        if say:
+            say(f"warning   {message}")
+
+
+def _glibc_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 def _ensure_signing_key(settings: Settings, report: Report, say) -> Settings:
@@ -297,10 +439,29 @@ class _FunctionSpec:
     package_type: str
 
 
-def _function_spec(settings: Settings, role_arn: str, layer_arn: str, layer_hash: str,
+def function_environment(settings: Settings, layer=None) -> dict[str, str]:
+    """The function's environment variables: versions, record, layer hash, signing key.
+
+    Raises ``ValueError`` if they exceed Lambda's 4 KB (deploy asks before it changes anything).
+    """
+    env = dict(client_versions(), LAMBDAMAP_LAYER_SHA256=layer.content_hash if layer else "",
+               **{signing.SIGNING_KEY_ENV: settings.signing_key or "0" * 64})
+    if layer is not None:
+        env[versions.RECORD_ENV] = versions.encode_record(layer.record())
+    size = sum(len(k) + len(v) for k, v in env.items())
+    if size > ENVIRONMENT_LIMIT_BYTES:
+        raise ValueError(f"the function's environment would be {size:,} bytes, over Lambda's "
+                         f"{ENVIRONMENT_LIMIT_BYTES:,}: the record of the runtime lists every "
+                         "requirement asked for; ask for fewer (--requirement)")
+    if settings.signing_key is None:
+        del env[signing.SIGNING_KEY_ENV]
+    return env
+
+
+def _function_spec(settings: Settings, role_arn: str, layer_arn: str, layer,
                    image_uri: str | None) -> _FunctionSpec:
-    env = dict(client_versions(), LAMBDAMAP_LAYER_SHA256=layer_hash,
-               **{signing.SIGNING_KEY_ENV: settings.signing_key})
+    layer_hash = layer.content_hash if layer is not None else ""
+    env = function_environment(settings, layer)
     config: dict[str, Any] = {
         "Role": role_arn, "Timeout": settings.timeout, "MemorySize": settings.memory,
         "Environment": {"Variables": env},
@@ -318,11 +479,11 @@ def _function_spec(settings: Settings, role_arn: str, layer_arn: str, layer_hash
 
 
 def _ensure_function(clients: Clients, settings: Settings, role_arn: str, layer_arn: str,
-                     layer_hash: str, image_uri: str | None, report: Report, say) -> str:
+                     layer, image_uri: str | None, report: Report, say) -> str:
     from botocore.exceptions import ClientError
 
     lam, name = clients.lambda_, settings.function_name
-    spec = _function_spec(settings, role_arn, layer_arn, layer_hash, image_uri)
+    spec = _function_spec(settings, role_arn, layer_arn, layer, image_uri)
     try:
         current = lam.get_function(FunctionName=name)
     except ClientError as exc:
@@ -398,22 +559,38 @@ def _current_value(config: dict, key: str) -> Any:
 # status and destroy
 
 
-def status(settings: Settings, *, session=None) -> dict[str, Any]:
-    """What is deployed, and whether its versions match this client's."""
+def status(settings: Settings, *, session=None, probe: bool = True) -> dict[str, Any]:
+    """What is deployed, and how its runtime compares with this client.
+
+    ``versions`` is a :class:`lambdamap.versions.Comparison` of the client with the deployment's
+    record and, with ``probe``, with the runtime's own answer to one synchronous invocation
+    (``probe_error`` says why there is none); ``matches`` is False if it holds an error.
+    """
     from botocore.exceptions import ClientError
+
+    from .backends.aws import probe_runtime
+    from .errors import LambdamapError
 
     clients = Clients.create(settings, session)
     info: dict[str, Any] = {"function": None, "role": None, "bucket": None, "layers": [],
-                            "client": client_versions(), "deployed": {}, "matches": False}
+                            "record": None, "probe": None, "probe_error": None, "versions": None,
+                            "matches": False}
     try:
         config = clients.lambda_.get_function_configuration(FunctionName=settings.function_name)
         info["function"] = {k: config.get(k) for k in (
             "FunctionArn", "State", "LastUpdateStatus", "PackageType", "Runtime", "MemorySize",
             "Timeout", "Architectures")}
         info["function"]["Layers"] = [layer["Arn"] for layer in config.get("Layers", [])]
-        deployed = config.get("Environment", {}).get("Variables", {})
-        info["deployed"] = {k: deployed.get(k) for k in client_versions()}
-        info["matches"] = info["deployed"] == info["client"]
+        record = info["record"] = versions.parse_record(config.get("Environment", {}).get("Variables", {}))
+        client = versions.describe((record or {}).get("versions") or ())
+        if probe:
+            try:
+                info["probe"] = probe_runtime(clients.lambda_, settings.function_name,
+                                              list(client["versions"]))
+            except LambdamapError as exc:
+                info["probe_error"] = str(exc)
+        info["versions"] = versions.compare(client, record, info["probe"])
+        info["matches"] = not info["versions"].errors
     except ClientError as exc:
         if _code(exc) != "ResourceNotFoundException":
             raise

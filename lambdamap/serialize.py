@@ -122,8 +122,10 @@ class _Pickler(cloudpickle.Pickler):
     carry their source lines (see :func:`_code_with_source`).
     """
 
-    def __init__(self, file: io.BytesIO, buffer_callback: Callable | None = None):
+    def __init__(self, file: io.BytesIO, buffer_callback: Callable | None = None, *,
+                 ship_user_modules: bool = True):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
+        self.ship_user_modules = ship_user_modules
         self.by_value: list[str] = []  # the user modules met, named when pickling fails
         self._copies: dict[int, types.CodeType] = {}  # code handed on to cloudpickle unchanged
         self._sources: dict[str, list[tuple[int, int]]] = {}  # line ranges already carried
@@ -140,7 +142,7 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
     def _meet(self, name: Any) -> None:
-        if isinstance(name, str) and _travels_by_value(name) and name not in self.by_value:
+        if self.ship_user_modules and isinstance(name, str) and _travels_by_value(name) and name not in self.by_value:
             self.by_value.append(name)
 
     def _reduce_code(self, code: types.CodeType) -> tuple:
@@ -183,14 +185,30 @@ def _code_with_source(code: types.CodeType, filename: str, first: int, lines: tu
     return code.replace(co_filename=filename)
 
 
-def dumps(obj: Any, what: str, buffer_callback: Callable | None = None) -> bytes:
+def _in_runtime() -> bool:
+    """Whether this process is a runtime (a Lambda container or a local worker), not a client."""
+    return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or os.environ.get(RUNTIME_PROCESS_ENV))
+
+
+#: Set by the local backend in its workers' environment (Lambda sets AWS_LAMBDA_FUNCTION_NAME).
+RUNTIME_PROCESS_ENV = "LAMBDAMAP_RUNTIME_PROCESS"
+
+
+def dumps(obj: Any, what: str, buffer_callback: Callable | None = None, *,
+          ship_user_modules: bool | None = None) -> bytes:
     """cloudpickle ``obj``; on failure raise :class:`SerializationError` naming ``what``.
 
     With ``buffer_callback``, large buffers (numpy arrays) are handed to it instead of being
     copied into the pickle (protocol 5 out-of-band data: pass them to ``pickle.loads(buffers=)``).
+    ``ship_user_modules`` (default: True in a client, False in a runtime) registers user modules
+    by value as they are met. A runtime sends nothing by value that the client lacks, and its
+    installed packages may lie outside the install roots (a Lambda layer in ``/opt/python``):
+    they must never travel by value.
     """
+    if ship_user_modules is None:
+        ship_user_modules = not _in_runtime()
     buffer = io.BytesIO()
-    pickler = _Pickler(buffer, buffer_callback)
+    pickler = _Pickler(buffer, buffer_callback, ship_user_modules=ship_user_modules)
     try:
         pickler.dump(obj)
     except InvocationDeadline:

@@ -279,7 +279,7 @@ def failure_record(call_id: int, exc: BaseException, tb: str | None = None) -> C
     from . import serialize  # here, not at the top: serialize is the heavier import
 
     try:
-        blob = serialize.dumps(exc, "exception")
+        blob = serialize.dumps(exc, "exception", ship_user_modules=False)
         pickle.loads(blob)  # an exception that pickles but cannot be rebuilt travels as text only
     except BaseException:  # noqa: BLE001
         blob = None

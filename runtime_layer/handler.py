@@ -36,6 +36,9 @@ _functions: dict[str, object] = {}
 
 def handler(event: dict, context=None) -> dict:
     """Run the calls of one invocation event; return a small summary (never the results)."""
+    if isinstance(event, dict) and "lambdamap_probe" in event:  # the client asks what runs here
+        from lambdamap.versions import describe
+        return describe(event.get("packages") or ())
     global _invocations
     if isinstance(event, wire.Event):  # called in-process (tests, tools) rather than by Lambda
         event = event.to_json()
@@ -304,7 +307,8 @@ def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None,
             record = wire.failure_record(call_id, exc, traceback.format_exc())
         else:
             try:
-                blob = serialize.dumps(value, f"the result of call {call_id}")
+                blob = serialize.dumps(value, f"the result of call {call_id}",
+                                       ship_user_modules=False)
                 if max_result_bytes and len(blob) > max_result_bytes:
                     raise PayloadTooLargeError(
                         f"the result of call {call_id} pickles to {len(blob) / 2**20:.1f} MiB, "

@@ -85,3 +85,16 @@ def test_bad_values_fail_clearly(monkeypatch):
 def test_missing_bucket_message_says_where_to_set_it():
     with pytest.raises(ValueError, match="LAMBDAMAP_BUCKET"):
         Settings.resolve().require_bucket()
+
+
+def test_version_check_settings(monkeypatch):
+    assert (Settings.resolve().runtime_probe, Settings.resolve().version_check) == (True, "strict")
+    monkeypatch.setenv("LAMBDAMAP_RUNTIME_PROBE", "off")
+    monkeypatch.setenv("LAMBDAMAP_VERSION_CHECK", "warn")
+    assert (Settings.resolve().runtime_probe, Settings.resolve().version_check) == (False, "warn")
+    assert Settings.resolve(runtime_probe=True).runtime_probe is True
+    monkeypatch.setenv("LAMBDAMAP_RUNTIME_PROBE", "maybe")
+    with pytest.raises(ValueError, match="runtime_probe from \\$LAMBDAMAP_RUNTIME_PROBE must be true or false"):
+        Settings.resolve()
+    with pytest.raises(ValueError, match="version_check must be one of"):
+        Settings.resolve(runtime_probe=False, version_check="loose")

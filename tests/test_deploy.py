@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import io
 import json
+import re
 import stat
 import uuid
 import zipfile
@@ -19,7 +21,7 @@ import boto3
 import pytest
 
 from aws_stack import HANDLER_REQUIREMENTS, aws_environment, offline_layer, offline_pip_args
-from lambdamap import __version__, cli, deploy, wire
+from lambdamap import Executor, __version__, cli, deploy, versions, wire
 from lambdamap.backends.aws import AWSBackend
 from lambdamap.config import Settings
 from runtime_layer import build
@@ -58,13 +60,28 @@ def cli_deploy(layer, *extra: str) -> int:
 # -- the layer build ------------------------------------------------------------------------------
 
 
-def test_pip_command_targets_lambdas_platform(tmp_path):
+def test_pip_command_targets_the_runtimes_platform(tmp_path):
     cmd = build.pip_command(tmp_path, ["numpy"], "3.11", "x86_64")
-    assert cmd[cmd.index("--platform") + 1] == "manylinux2014_x86_64"
+    platforms = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--platform"]
+    # python3.11 is Amazon Linux 2, glibc 2.26: every manylinux tag up to 2_26, and pip does not
+    # widen a manylinux_2_X tag to older ones by itself.
+    assert platforms == ["manylinux2014_x86_64"] + [f"manylinux_2_{m}_x86_64" for m in range(17, 27)]
     assert "--only-binary=:all:" in cmd and cmd[cmd.index("--python-version") + 1] == "3.11"
-    assert cmd[cmd.index("--target") + 1] == str(tmp_path)
-    arm = build.pip_command(tmp_path, ["numpy"], "3.12", "arm64")
-    assert "manylinux2014_aarch64" in arm and "manylinux_2_28_aarch64" in arm
+    assert cmd[cmd.index("--target") + 1] == str(tmp_path) and "--no-warn-conflicts" in cmd
+    arm = build.pip_command(tmp_path, ["numpy"], "3.12", "arm64")  # Amazon Linux 2023, glibc 2.34
+    assert "manylinux_2_28_aarch64" in arm and "manylinux_2_34_aarch64" in arm and "manylinux_2_35_aarch64" not in arm
+    with pytest.raises(ValueError, match="no python3.9 runtime"):
+        build.pip_command(tmp_path, ["numpy"], "3.9", "x86_64")
+
+
+def test_the_build_pins_the_clients_versions_with_their_dependencies():
+    environment = build.target_environment(wire.python_version(), "x86_64")
+    pins = build.client_pins(["scikit-learn", "pandas==0.1", "not-installed-anywhere>=1"], environment)
+    installed = importlib.metadata.version
+    assert f"scikit-learn=={installed('scikit-learn')}" in pins
+    assert f"scipy=={installed('scipy')}" in pins and f"joblib=={installed('joblib')}" in pins
+    assert "pandas==0.1" in pins  # the user asked for another version than the client's: kept
+    assert "not-installed-anywhere>=1" in pins
 
 
 def test_offline_layer_holds_the_runtime_and_is_reproducible(layer, tmp_path):
@@ -196,14 +213,90 @@ def test_status_shows_versions_and_mismatches(env, layer, capsys):
     assert cli.main(["status"]) == 1
     assert "not deployed" in capsys.readouterr().out
     deploy.deploy(env, layer=layer, say=None)
-    assert cli.main(["status"]) == 0
+    assert cli.main(["status"]) == 0  # moto cannot run the function: the record alone decides
     out = capsys.readouterr().out
-    assert "MISMATCH" not in out and f"python       deployed {wire.python_version()}" in out
-    variables = dict(deploy.client_versions(), LAMBDAMAP_PYTHON="3.8")
+    assert "client against deploy's record only (could not ask" in out or "does not answer" in out
+    assert re.search(rf"python +{wire.python_version()} +{wire.python_version()} +- +ok", out)
+    assert re.search(r"cloudpickle +(\S+) +\1 +- +ok", out)
+    assert re.search(r"numpy +\S+ +\(none\) +- +WARNING: not installed in the runtime", out)
+    variables = clients(env).lambda_.get_function_configuration(
+        FunctionName=env.function_name)["Environment"]["Variables"]
     clients(env).lambda_.update_function_configuration(
-        FunctionName=env.function_name, Environment={"Variables": variables})
-    assert cli.main(["status"]) == 1
-    assert "deployed 3.8, client" in capsys.readouterr().out
+        FunctionName=env.function_name, Environment={"Variables": dict(variables, LAMBDAMAP_PYTHON="3.8")})
+    assert cli.main(["status", "--no-probe"]) == 1
+    out = capsys.readouterr().out
+    assert "not probed: --no-probe" in out
+    assert re.search(r"python +\S+ +3\.8 +- +ERROR: cloudpickle does not travel", out)
+
+
+def test_deploy_records_the_runtime_and_the_client_compares_without_invoking(env, layer):
+    deploy.deploy(env, layer=layer, say=None)
+    config = clients(env).lambda_.get_function_configuration(FunctionName=env.function_name)
+    record = versions.parse_record(config["Environment"]["Variables"])
+    assert record["python"] == wire.python_version() and record["glibc"] == "2.26"
+    assert record["versions"]["cloudpickle"] == importlib.metadata.version("cloudpickle")
+    assert record["versions"]["numpy"] is None and "drift" not in record  # this layer has no numpy
+    with pytest.warns(versions.RuntimeVersionWarning, match=r"numpy \S+ here, \(none\) there"):
+        with Executor(backend="aws", runtime_probe=False) as ex:
+            assert ex.backend.runtime_versions()["numpy"] is None
+            assert not ex.backend.versions.probed
+
+
+def test_a_missing_bucket_is_reported_before_the_build(env, layer, monkeypatch, capsys):
+    monkeypatch.delenv("LAMBDAMAP_BUCKET")
+    build_dir = layer.folder.parent / "never-built"
+    assert cli.main(["deploy", "--build-dir", str(build_dir)]) == 2
+    assert "no S3 bucket configured" in capsys.readouterr().err
+    assert not build_dir.exists()
+
+
+def test_missing_credentials_are_reported_before_the_build(env, layer, monkeypatch, capsys, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata request
+    for name in ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    build_dir = layer.folder.parent / "never-built"
+    assert cli.main(["deploy", "--build-dir", str(build_dir)]) == 1
+    assert "no AWS credentials found" in capsys.readouterr().err
+    assert not build_dir.exists()
+
+
+def test_a_zip_deploy_over_an_image_function_is_refused_before_the_build(env, layer, capsys):
+    deploy.deploy(env, image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/lambdamap:py3.11", say=None)
+    build_dir = layer.folder.parent / "never-built"
+    assert cli.main(["deploy", "--build-dir", str(build_dir)]) == 1
+    assert "is a Image function; Lambda cannot change it to Zip" in capsys.readouterr().err
+    assert not build_dir.exists()
+
+
+def test_an_environment_over_lambdas_4_kb_is_refused_before_anything_is_made(env, layer):
+    many = build.LayerBuild(**{**layer.__dict__, "requested": tuple(f"package-{i}" for i in range(300))})
+    with pytest.raises(ValueError, match=r"environment would be [\d,]+ bytes, over Lambda's 4,096"):
+        deploy.deploy(env, layer=many, say=None)
+    assert deploy.status(env, probe=False)["bucket"] is None
+
+
+def test_a_layer_that_misses_the_projects_own_requirements_fails_unless_drift_is_allowed(tmp_path, layer):
+    """The project asks for cloudpickle>=99: the build refuses, or records it with drift allowed."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for package in build.PROJECT_PACKAGES:
+        (source / package).symlink_to(build.project_root() / package)
+    (source / "setup.cfg").write_text("[options]\ninstall_requires =\n    cloudpickle>=99\n    boto3>=1\n")
+    wheelhouse = layer.folder.parent / "wheelhouse"
+    options = dict(requirements=HANDLER_REQUIREMENTS, source=source,
+                   pip_args=lambda cmd: cmd + offline_pip_args(wheelhouse))
+    with pytest.raises(RuntimeError, match=r"lambdamap requires cloudpickle>=99; the layer has "
+                                           r"cloudpickle \S+\n\(pass --allow-version-drift"):
+        build.build_layer(tmp_path / "strict", **options)
+    drifted = build.build_layer(tmp_path / "drift", allow_version_drift=True, **options)
+    assert drifted.notes == [f"lambdamap requires cloudpickle>=99; the layer has cloudpickle "
+                             f"{importlib.metadata.version('cloudpickle')}"]
+    assert drifted.drift_report() == [f"drift: {drifted.notes[0]}"]
 
 
 def test_destroy_removes_what_deploy_made(env, layer):

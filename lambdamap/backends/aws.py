@@ -5,6 +5,10 @@
 Events carry keys, never data: the arguments are already in S3, so an event is a few hundred
 bytes, far below Lambda's asynchronous payload limit. Results travel only through S3.
 
+Before any invocation the backend checks that the function runs what the client runs (Python,
+wire format, package versions: :mod:`lambdamap.versions`), from the record ``lambdamap deploy``
+left in the function's environment and from one synchronous probe of the runtime itself.
+
 Failures, and who handles them:
 
 * throttling (429 ``TooManyRequestsException``), Lambda's 5xx and connection faults while sending
@@ -20,16 +24,18 @@ Failures, and who handles them:
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set,
                       wait_random_exponential)
 
-from .. import __version__, signing, wire
+from .. import signing, versions
 from ..config import Settings
 from ..errors import IntegrityError, LambdamapError, PayloadTooLargeError, RuntimeMismatchError
 from ..storage import S3Storage
@@ -38,8 +44,11 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
-#: Lambda's limit for an asynchronous (``Event``) payload: 256 KB for years, 1 MB since late 2025;
-#: the smaller one keeps lambdamap working in every region and account.
+#: The largest event lambdamap sends. Lambda accepts asynchronous (``Event``) payloads up to
+#: 1 MB since October 2025 (256 KB before). lambdamap keeps 256 KB on purpose: an event carries
+#: keys and call ids only (about 9 bytes per call), so 256 KB is a batch of some 25,000 calls, far
+#: beyond any useful ``chunksize``, and staying under the old limit keeps endpoints that still
+#: enforce it working (partitions or Lambda-compatible servers that have not caught up).
 MAX_EVENT_BYTES = 256 * 1024
 #: When the function's time-out cannot be read (no permission), assume Lambda's maximum.
 FALLBACK_FUNCTION_TIMEOUT = 900.0
@@ -102,6 +111,45 @@ def encode_event(event: Event) -> bytes:
     return payload
 
 
+#: Probe answers per function revision (:meth:`AWSBackend._revision`): a function's runtime
+#: cannot change without a new revision.
+_probes: dict[tuple[str, str], dict] = {}
+
+
+def probe_runtime(client, function_name: str, packages: Sequence[str] = (), *,
+                  revision: tuple[str, str] | None = None, retrying=None) -> dict[str, Any]:
+    """Ask the deployed runtime, synchronously, which Python and package versions it runs.
+
+    One ``RequestResponse`` invocation of the universal handler with ``{"lambdamap_probe": 1}``
+    (:func:`lambdamap.versions.describe` answers). ``revision`` (ARN, RevisionId) caches the
+    answer for this process. Raises :class:`LambdamapError` saying why there is no answer.
+    """
+    if revision is not None and revision in _probes:
+        return _probes[revision]
+    payload = json.dumps({"lambdamap_probe": 1, "packages": list(packages)}).encode()
+    call = functools.partial(client.invoke, FunctionName=function_name,
+                             InvocationType="RequestResponse", Payload=payload)
+    try:
+        response = retrying(call) if retrying is not None else call()
+        body = response["Payload"].read()
+    except Exception as exc:  # noqa: BLE001 - any failure: the caller decides how loud to be
+        raise LambdamapError(f"could not ask function {function_name!r} which versions it runs "
+                             f"({type(exc).__name__}: {exc})") from exc
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if response.get("FunctionError") or not isinstance(answer, dict) or \
+            not isinstance(answer.get("versions"), dict):
+        raise LambdamapError(
+            f"function {function_name!r} does not answer lambdamap's version probe (a runtime "
+            f"deployed by an older lambdamap, or not lambdamap's handler): {body[:300]!r}; "
+            "redeploy with `lambdamap deploy`")
+    if revision is not None:
+        _probes[revision] = answer
+    return answer
+
+
 class AWSBackend(Backend):
     """Run invocations on the deployed Lambda function (``lambdamap deploy``).
 
@@ -113,6 +161,12 @@ class AWSBackend(Backend):
 
     Settings come from :class:`lambdamap.config.Settings` (arguments, ``LAMBDAMAP_*``
     variables, config file). ``function_timeout`` defaults to the function's configured time-out.
+
+    At start the client compares the function's runtime with itself (:mod:`lambdamap.versions`):
+    what deploy recorded, and, with ``runtime_probe`` (default on), what the runtime reports to one
+    synchronous invocation. Another Python or wire format raises ``RuntimeMismatchError``; so do
+    package differences that make results fail, unless ``version_check="warn"``; smaller
+    differences warn (``RuntimeVersionWarning``) with a table of both sides.
     """
 
     name = "aws"
@@ -131,6 +185,7 @@ class AWSBackend(Backend):
         self._unsent = 0  # invocations queued or being sent
         self._sent = threading.Condition()
         self._capacity: int | None = None  # read on first use (see capacity)
+        self.versions: versions.Comparison | None = None  # client against runtime, after start
 
     @classmethod
     def from_settings(cls, *, function_timeout: float | None = None, **options: Any) -> AWSBackend:
@@ -162,7 +217,12 @@ class AWSBackend(Backend):
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lambdamap-invoke")
 
     def _inspect_function(self) -> None:
-        """Read the function's time-out and check that its runtime speaks the client's format."""
+        """Read the function's time-out; check that its runtime runs what this client runs.
+
+        First against what ``lambdamap deploy`` recorded in the function's environment (no
+        invocation needed), then, with ``runtime_probe`` on, against the runtime's own answer
+        (:mod:`lambdamap.versions`).
+        """
         from botocore.exceptions import ClientError
 
         name = self.settings.function_name
@@ -183,13 +243,13 @@ class AWSBackend(Backend):
             self.function_timeout = float(self.function_config.get("Timeout") or FALLBACK_FUNCTION_TIMEOUT)
         self.memory_mb = self.function_config.get("MemorySize")  # named when a call goes silent
         deployed = (self.function_config.get("Environment") or {}).get("Variables") or {}
-        theirs = {"wire": deployed.get("LAMBDAMAP_WIRE_VERSION"), "python": deployed.get("LAMBDAMAP_PYTHON")}
-        ours = {"wire": str(wire.WIRE_VERSION), "python": wire.python_version()}
-        if any(theirs[k] is not None and theirs[k] != ours[k] for k in ours):
-            raise RuntimeMismatchError(
-                f"function {name!r} runs wire format {theirs['wire']} on Python {theirs['python']}, "
-                f"this client speaks wire format {ours['wire']} on Python {ours['python']}: run "
-                "`lambdamap deploy` from this environment")
+        record = versions.parse_record(deployed)
+        client = versions.describe((record or {}).get("versions") or ())
+        strict = self.settings.version_check == "strict"
+        what = f"function {name!r}"
+        self.versions = versions.compare(client, record, None)
+        if self.versions.fatal:  # another Python or wire format: no need to ask the runtime
+            self.versions.enforce(what)
         theirs_key = deployed.get(signing.SIGNING_KEY_ENV)
         if theirs_key is not None and theirs_key != (self.settings.signing_key or ""):
             raise IntegrityError(
@@ -197,9 +257,29 @@ class AWSBackend(Backend):
                 f"({'none' if not self.settings.signing_key else 'a different one'} here), so it "
                 "would refuse every job: use the deployment's key (the config file `lambdamap "
                 f"deploy` wrote, or ${signing.SIGNING_KEY_ENV})")
-        if deployed.get("LAMBDAMAP_VERSION") not in (None, __version__):
-            log.warning("function %r runs lambdamap %s, this client is %s (same wire format: ok)",
-                        name, deployed["LAMBDAMAP_VERSION"], __version__)
+        if self.settings.runtime_probe:
+            try:
+                probe = probe_runtime(self._client, name, list(client["versions"]),
+                                      revision=self._revision(), retrying=self._retrying())
+            except LambdamapError as exc:
+                warnings.warn(versions.RuntimeVersionWarning(
+                    f"{exc}; comparing with what `lambdamap deploy` recorded instead"), stacklevel=4)
+            else:
+                self.versions = versions.compare(client, record, probe)
+        self.versions.enforce(what, strict=strict)
+
+    def _revision(self) -> tuple[str, str] | None:
+        """The function as deployed now: Lambda changes RevisionId (and LastModified) on every
+        update of its code or configuration, layers included; None if it says neither."""
+        config = self.function_config
+        revision = config.get("RevisionId") or config.get("LastModified")
+        if config.get("FunctionArn") and revision:
+            return config["FunctionArn"], f"{revision} {config.get('CodeSha256', '')}"
+        return None
+
+    def runtime_versions(self) -> dict[str, str | None] | None:
+        """What the function runs: its answer to the probe, else what deploy recorded."""
+        return self.versions.runtime_versions() if self.versions is not None else None
 
     @property
     def capacity(self) -> int:

@@ -22,6 +22,7 @@ from multiprocessing.connection import Listener, wait
 from typing import Sequence
 
 from .. import scratch, signing
+from ..serialize import RUNTIME_PROCESS_ENV
 from ..wire import Event
 from .base import Backend
 
@@ -286,4 +287,5 @@ def _worker_env() -> dict:
     (even from a source tree); the client's own additions are not the runtime's (see local_worker)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env[RUNTIME_PROCESS_ENV] = "1"  # a runtime: what it pickles never ships modules by value
     return env
