@@ -88,7 +88,7 @@ def default_executor():
             "nested joblib calls run in the task (the default)")
     with _default_lock:
         if _default is None:
-            from .executor import Executor
+            from . import Executor
 
             _default = Executor()
             atexit.register(_default.shutdown)
