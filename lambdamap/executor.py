@@ -739,7 +739,7 @@ def _check_chunksize(chunksize: int) -> None:
 
 def _positive_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        raise ValueError(f"{name} must be greater than 0 and an int, got {value!r}")
     return value
 
 

@@ -50,7 +50,7 @@ class CallFuture(concurrent.futures.Future):
         return True
 
     def __repr__(self) -> str:
-        return super().__repr__().replace("<Future", f"<CallFuture call={self.call_id}", 1)
+        return super().__repr__().replace(" at 0x", f" call={self.call_id} at 0x", 1)
 
 
 def collect_results(futures: Iterable[concurrent.futures.Future],
