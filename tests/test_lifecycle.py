@@ -143,6 +143,8 @@ def test_ctrl_c_while_waiting_stops_the_job_and_leaves_nothing(tmp_path):
     script = f"""
         import os, signal, threading, time
         from lambdamap import Executor
+        # As in a terminal, even when this test runs as a background job (which ignores SIGINT).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         ex = Executor(workers=2)
         print(ex.storage.root, flush=True)
         futures = [ex.submit(time.sleep, 1) for _ in range(30)]
@@ -164,6 +166,8 @@ def test_a_second_ctrl_c_during_shutdown_cannot_strand_the_store():
     script = """
         import os, signal, threading, time
         from lambdamap import Executor
+        # As in a terminal, even when this test runs as a background job (which ignores SIGINT).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         ex = Executor(workers=1)
         print(ex.storage.root, flush=True)
         ex.put(b"y" * 5_000_000)
