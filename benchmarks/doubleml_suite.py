@@ -49,8 +49,8 @@ def supported_classes(dml_path: str | None) -> list[str]:
     """The doubleml class names that the dml on ``dml_path`` (or this checkout's) swaps in."""
     code = ("import json, dml; print(json.dumps(sorted(next(c for c in cls.__mro__ "
             "if c.__module__.startswith('doubleml.')).__name__ for cls in dml.SUPPORTED.values())))")
-    out = subprocess.run([sys.executable, "-c", code], env=_env(dml_path), check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], env=_env(dml_path), check=True,  # cwd: not this checkout
+                         capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -408,6 +408,15 @@ def test_any_concurrent_futures_executor_and_default_executor():
     assert np.array_equal(embedded.coef, local.coef)
 
 
+def test_remote_tasks_need_no_doubleml():
+    # cross-fitting and tuning tasks run on the default Lambda layer (scikit-learn, no doubleml)
+    import subprocess
+    import sys
+
+    code = "import sys, dml.tasks; assert 'doubleml' not in sys.modules, 'dml.tasks imported doubleml'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # -- bad input: doubleml's own errors (or ours, as clear), before any invocation ------------------
 
 
