@@ -169,7 +169,7 @@ def parallelism(executor) -> int:
 def invocation_overhead(executor) -> float:
     """The fixed cost assumed per invocation on this executor's backend (seconds)."""
     name = getattr(getattr(executor, "backend", None), "name", None)
-    return INVOCATION_OVERHEAD_S.get(name, DEFAULT_OVERHEAD_S)
+    return INVOCATION_OVERHEAD_S.get(name, DEFAULT_OVERHEAD_S) if isinstance(name, str) else DEFAULT_OVERHEAD_S
 
 
 def choose_granularity(fit_seconds: float, n_fits: int, n_folds: int, workers: int, overhead: float) -> str:
@@ -208,7 +208,7 @@ def estimate_fit_seconds(nuisances: list[Nuisance], learners: dict, smpls: list,
                 if n_jobs is not None and "n_jobs" in estimator.get_params(deep=False):
                     estimator.set_params(n_jobs=n_jobs)
                 start = time.perf_counter()
-                estimator.fit(nuis.x[rows], nuis.y[rows])
+                estimator.fit(nuis.x[rows], nuis.y[rows])  # type: ignore[index]  # first stages have y
                 getattr(estimator, nuis.method)(nuis.x[rows])
                 times.append(time.perf_counter() - start)
         except Exception as exc:  # noqa: BLE001 - a probe's failure only means no estimate
@@ -273,7 +273,7 @@ class CrossFitRun:
                  return_models: bool = False):
         self.models = models
         self.n_jobs, self.return_models = n_jobs, return_models
-        self.executor = None
+        self.executor: Any = None  # set by execute()
         self.stored_bytes = [0] * len(models)
         self._stored: dict[int, tuple[Any, Any]] = {}  # id(object) -> (object, reference)
         self.parts: list[Part] = []
@@ -285,9 +285,9 @@ class CrossFitRun:
                 if nuisances:
                     self.parts.append(Part(k, i_treat, d_cols[i_treat], nuisances, model.smpls,
                                            dict(ext.get(d_cols[i_treat], {})), model.n_rep))
-        self.granularity: str | None = None
+        self.granularity: str | None = None  # set by execute(); None: nothing ran
         self.fit_estimate: float | None = None
-        self.workers: int | None = None
+        self.workers: int = 1
         self.tasks: list[Task] = []
         self.by_future: dict[concurrent.futures.Future, tuple[Part, Task]] = {}
         self.pending: set = set()
@@ -338,6 +338,7 @@ class CrossFitRun:
         model = self.models[part.model_index]
         params = model._params[nuis.name][part.d_col][rep]  # None or one dict per fold
         folds = list(range(len(part.smpls[rep])))
+        assert nuis.second_stage is None or y_ref is not None, "a second stage needs its target"
         for group in ([[f] for f in folds] if self.granularity == "fold" else [folds]):
             units = [(f, None if params is None else params[f]) for f in group]
             future = self.executor.submit(fit_predict, part.refs[nuis.name], part.smpls_refs[rep],
@@ -352,6 +353,7 @@ class CrossFitRun:
 
     def submit_second_stage(self, part: Part, rep: int) -> None:
         for nuis in part.second_stage:
+            assert nuis.second_stage is not None
             y2 = nuis.second_stage(part.rep_predictions(rep))
             part.targets[rep][nuis.name] = y2
             self.submit(part, nuis, rep, stage=2, y_ref=self.store(y2, part))
@@ -400,8 +402,8 @@ class CrossFitRun:
 
     def result(self) -> list[CrossFit]:
         return [CrossFit({p.i_treat: p for p in self.parts if p.model_index == k}, model.n_obs,
-                         [t for t in self.tasks if t.model_index == k], self.granularity, self.fit_estimate,
-                         stored_bytes=self.stored_bytes[k], parallelism=self.workers or 1)
+                         [t for t in self.tasks if t.model_index == k], self.granularity or "none", self.fit_estimate,
+                         stored_bytes=self.stored_bytes[k], parallelism=self.workers)
                 for k, model in enumerate(self.models)]
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import cloudpickle
 import doubleml
-import pandas as pd
 
 from . import metrics as _metrics
 from . import plans
@@ -76,7 +75,7 @@ class _ServerlessBase:
         else:
             self._task_metrics = _metrics.task_table([], None)
         details = dict(granularity=run.granularity, fit_seconds_estimate=run.fit_estimate,
-                       parallelism=run.workers, stored_bytes=sum(run.stored_bytes))
+                       parallelism=run.workers if run.parts else None, stored_bytes=sum(run.stored_bytes))
         return run.result(), time.perf_counter() - start, executor, details
 
     def _record_metrics(self, wall_seconds: float, remote_seconds: float, executor=None, **details) -> None:
@@ -96,7 +95,7 @@ class _ServerlessBase:
             if n_lambdas_cv not in choices:
                 raise ValueError(f'n_lambdas_cv must be "n_folds * n_rep" or "n_rep", got {n_lambdas_cv!r}')
             self.granularity = choices[n_lambdas_cv]
-        return self.fit(**kwargs)
+        return self.fit(**kwargs)  # type: ignore[attr-defined]  # every class defines fit
 
     @property
     def metrics(self):
@@ -159,7 +158,7 @@ class ServerlessMixin(_ServerlessBase, RemoteTuning):
       (default: the AWS executor's function, else 1,769 MB and x86_64).
     """
 
-    _plan = None  # the model's nuisance plan, a function of dml.plans
+    _plan: Any = None  # the model's nuisance plan, a function of dml.plans
 
     def __init__(self, *args, executor=None, granularity: str = "auto", learner_n_jobs: int | None = 1,
                  memory_mb: float | None = None, arch: str | None = None, **kwargs):

@@ -50,7 +50,13 @@ class SearchResult:
     Attributes are filled when the search's tasks complete; reading one before waits for them.
     """
 
-    def __init__(self, runner: "RemoteSearches", candidates: list[dict], n_splits: int):
+    cv_results_: dict
+    best_index_: int
+    best_score_: float
+    best_params_: dict
+    best_estimator_: Any
+
+    def __init__(self, runner: "RemoteSearches | None", candidates: list[dict], n_splits: int):
         self._runner = runner
         self.candidates = candidates
         self.n_splits_ = n_splits
@@ -211,10 +217,10 @@ def _install() -> None:
 
     with _install_lock:
         if _ORIGINAL is None:
-            _ORIGINAL = _estimation._dml_tune
+            _ORIGINAL = getattr(_estimation, "_dml_tune")
         for name, module in list(sys.modules.items()):
             if name.startswith("doubleml.") and getattr(module, "_dml_tune", None) is _ORIGINAL:
-                module._dml_tune = _dispatch
+                setattr(module, "_dml_tune", _dispatch)
 
 
 @contextlib.contextmanager
