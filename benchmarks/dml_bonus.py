@@ -27,31 +27,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import doubleml  # noqa: E402
 from sklearn.ensemble import RandomForestRegressor  # noqa: E402
 
 import dml  # noqa: E402
 from lambdamap import Executor  # noqa: E402
-from lambdamap.pricing import lambda_cost  # noqa: E402
+from lambda_projection import LAMBDA, cost_usd, remote_wall_seconds  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FOLDS, N_REP, TREES = 5, 10, 100
 FULL_TREES, FULL_REP = 500, 100  # the full case study, projected
 WORKERS = 2
-
-# Projection assumptions (AWS Lambda, x86_64, 1,769 MB = one full vCPU, Python 3.11 with a
-# numpy/scikit-learn layer). Stated, not measured: no AWS account is used here.
-LAMBDA = {
-    "concurrency": 1000,              # the default regional account limit
-    "memory_mb": 1769,                # one vCPU: what a single-threaded fit uses
-    "cpu_speed_vs_this_machine": 1.0, # a Lambda vCPU taken as fast as one core here
-    "cold_start_s": 3.0,              # runtime init + importing numpy/scikit-learn/lambdamap (all cold)
-    "launch_rate_per_s": 1000.0,      # asynchronous invokes from the client's thread pool
-    "io_per_task_s": 0.3,             # S3: event args, data object (once per container), result, status
-    "collect_latency_s": 1.0,         # the collector's polling of S3 for finished calls
-}
-
 
 def learners(trees: int) -> tuple[RandomForestRegressor, RandomForestRegressor]:
     return (RandomForestRegressor(trees, random_state=1, n_jobs=1),
@@ -101,10 +89,8 @@ def project(per_fit_100: list[float], client_seconds_per_rep: float, full_fit_50
     mean_fit = statistics.mean(per_fit_100) * scale / speed
     slowest_fit = max(per_fit_100) * scale / speed
     waves = -(-fits // LAMBDA["concurrency"])
-    remote = (fits / LAMBDA["launch_rate_per_s"] + LAMBDA["cold_start_s"]
-              + waves * (slowest_fit + LAMBDA["io_per_task_s"]) + LAMBDA["collect_latency_s"])
+    remote = remote_wall_seconds(fits, slowest_fit)
     client = client_seconds_per_rep * FULL_REP
-    billed = [LAMBDA["cold_start_s"] + mean_fit + LAMBDA["io_per_task_s"]] * fits  # INIT is billed since Aug 2025
     return {
         "fits": fits, "granularity": "fold (what auto picks with 1,000 workers)", "waves": waves,
         "mean_fit_s_500_trees (scaled from 100)": mean_fit, "slowest_fit_s_500_trees (scaled)": slowest_fit,
@@ -112,7 +98,7 @@ def project(per_fit_100: list[float], client_seconds_per_rep: float, full_fit_50
         "remote_wall_s": remote, "client_doubleml_estimation_s": client,
         "projected_wall_s": remote + client,
         "projected_local_2_cores_s": fits * mean_fit * speed / WORKERS,
-        "projected_cost_usd": lambda_cost(billed, LAMBDA["memory_mb"]),
+        "projected_cost_usd": cost_usd(fits, mean_fit),
         "assumptions": LAMBDA,
     }
 

@@ -17,7 +17,9 @@ See docs/dml.md for the supported models, the granularity rule and the guarantee
 
 Modules: :mod:`dml.plans` (what each doubleml model fits), :mod:`dml.tasks` (the remote
 fit+predict), :mod:`dml.crossfit` (fan-out and assembly), :mod:`dml.models` (the classes),
-:mod:`dml.metrics` (cost and usage), :mod:`dml.data` (bonus data, S3 data), :mod:`dml.demo`.
+:mod:`dml.metrics` (cost and usage), :mod:`dml.data` (bonus data, S3 data), :mod:`dml.demo`,
+:mod:`dml.randomness` (which unseeded randomness warns), :mod:`dml.tuning` (``tune`` fanned out),
+:mod:`dml.compat` (the doubleml versions read and tested).
 """
 import importlib
 
@@ -31,6 +33,10 @@ _EXPORTS = {
     "DoubleMLIIVMServerless": "dml.models", "DoubleMLAPOServerless": "dml.models",
     "DoubleMLDIDServerless": "dml.models", "DoubleMLDIDCSServerless": "dml.models",
     "DoubleMLDIDBinaryServerless": "dml.models", "DoubleMLDIDCSBinaryServerless": "dml.models",
+    "DoubleMLAPOSServerless": "dml.models", "DoubleMLDIDMultiServerless": "dml.models",
+    "DoubleMLQTEServerless": "dml.models", "ServerlessCompositeMixin": "dml.models",
+    "DOUBLEML_VERSIONS": "dml.compat", "UnsupportedDoubleMLVersion": "dml.compat",
+    "check_doubleml_version": "dml.compat", "unseeded_sources": "dml.randomness",
 }
 __all__ = list(_EXPORTS)
 

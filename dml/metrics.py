@@ -13,7 +13,9 @@ import pandas as pd
 
 from lambdamap.pricing import billed_gb_seconds, lambda_cost
 
-from .crossfit import CrossFit
+#: The columns of :func:`task_table` (also of the empty table of a fit that ran no task).
+TASK_COLUMNS = ["model", "treatment", "nuisance", "rep", "folds", "stage", "call_id", "duration", "fit_seconds",
+                "peak_memory_mb", "bytes_in", "bytes_out", "worker", "warm"]
 
 #: Memory assumed for the cost estimate when the executor does not say: 1,769 MB is where Lambda
 #: allocates one full vCPU, which is what a single-threaded fit (n_jobs=1) uses.
@@ -30,20 +32,21 @@ def lambda_config(executor) -> tuple[float, str]:
     return memory, arch
 
 
-def task_table(crossfit: CrossFit, executor=None) -> pd.DataFrame:
-    """One row per task: what it computed and what it measured."""
+def task_table(tasks: list, executor=None) -> pd.DataFrame:
+    """One row per task (:class:`dml.crossfit.Task`): what it computed and what it measured."""
     calls = None
-    if executor is not None and hasattr(executor, "metrics"):
+    if tasks and executor is not None and hasattr(executor, "metrics"):
         calls = executor.metrics().set_index("call_id")
     rows = []
-    for task in crossfit.tasks:
+    for task in tasks:
         status = getattr(task.future, "status", None) or {}
         call_id = getattr(task.future, "call_id", None)
+        seconds = (task.result or {}).get("seconds")
+        seconds = np.nan if seconds is None else seconds
         row = {
-            "treatment": task.i_treat, "nuisance": task.name, "rep": task.rep, "folds": len(task.folds),
-            "stage": task.stage, "call_id": call_id,
-            "duration": status.get("duration", task.result["seconds"] if task.result else np.nan),
-            "fit_seconds": task.result["seconds"] if task.result else np.nan,
+            "model": task.model_index, "treatment": task.i_treat, "nuisance": task.name, "rep": task.rep,
+            "folds": len(task.folds), "stage": task.stage, "call_id": call_id,
+            "duration": status.get("duration", seconds), "fit_seconds": seconds,
             "peak_memory_mb": status.get("peak_memory_mb", np.nan),
             "bytes_in": np.nan, "bytes_out": status.get("bytes_out", np.nan),
             "worker": status.get("worker"), "warm": status.get("warm"),
@@ -51,34 +54,38 @@ def task_table(crossfit: CrossFit, executor=None) -> pd.DataFrame:
         if calls is not None and call_id in calls.index:
             row["bytes_in"] = calls.at[call_id, "bytes_in"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TASK_COLUMNS)
 
 
-def summary(tasks: pd.DataFrame, crossfit: CrossFit, wall_seconds: float, remote_seconds: float,
-            memory_mb: float = DEFAULT_MEMORY_MB, arch: str = "x86_64") -> pd.DataFrame:
+def summary(tasks: pd.DataFrame, wall_seconds: float, remote_seconds: float, memory_mb: float = DEFAULT_MEMORY_MB,
+            arch: str = "x86_64", granularity: str | None = None, fit_seconds_estimate: float | None = None,
+            parallelism: int | None = None, stored_bytes: int = 0) -> pd.DataFrame:
     """The one-column table shown as ``model.metrics``.
 
-    ``wall_seconds`` is the whole ``fit``; ``remote_seconds`` its cross-fitting part (the rest is
-    doubleml's estimation from the predictions, on the client).
+    ``wall_seconds`` is the whole ``fit``; ``remote_seconds`` its remote part (the rest is doubleml's
+    estimation from the predictions, on the client). A fit whose predictions were all external ran
+    no task: zero requests and costs.
     """
     durations = tasks["duration"].astype(float).to_numpy()
+    durations = durations[~np.isnan(durations)]
+    n_folds = int(tasks["folds"].sum())
     values = {
         "requests": len(tasks),
-        "granularity": crossfit.granularity,
-        "fits": int(tasks["folds"].sum()),
-        "parallelism": crossfit.parallelism,
-        "estimated fit seconds (auto)": crossfit.fit_seconds_estimate,
-        "total duration (s)": float(np.nansum(durations)),
-        "mean duration (s)": float(np.nanmean(durations)) if len(durations) else np.nan,
-        "max duration (s)": float(np.nanmax(durations)) if len(durations) else np.nan,
-        "mean seconds per fold fit": float(tasks["fit_seconds"].sum() / max(tasks["folds"].sum(), 1)),
+        "granularity": granularity,
+        "fits": n_folds,
+        "parallelism": parallelism,
+        "estimated fit seconds (auto)": fit_seconds_estimate,
+        "total duration (s)": float(durations.sum()),
+        "mean duration (s)": float(durations.mean()) if len(durations) else np.nan,
+        "max duration (s)": float(durations.max()) if len(durations) else np.nan,
+        "mean seconds per fold fit": float(tasks["fit_seconds"].sum() / n_folds) if n_folds else np.nan,
         "memory size (MB, assumed)": memory_mb,
-        "billed GB-seconds": billed_gb_seconds(durations[~np.isnan(durations)], memory_mb),
-        "estimated cost (USD)": lambda_cost(durations[~np.isnan(durations)], memory_mb, arch),
-        "peak memory (MB)": float(tasks["peak_memory_mb"].max()),
-        "mean bytes in per task": float(tasks["bytes_in"].mean()),
-        "mean bytes out per task": float(tasks["bytes_out"].mean()),
-        "bytes put to the store (data, splits)": crossfit.stored_bytes,
+        "billed GB-seconds": billed_gb_seconds(durations, memory_mb) if len(durations) else 0.0,
+        "estimated cost (USD)": lambda_cost(durations, memory_mb, arch) if len(durations) else 0.0,
+        "peak memory (MB)": float(tasks["peak_memory_mb"].max()) if len(tasks) else np.nan,
+        "mean bytes in per task": float(tasks["bytes_in"].mean()) if len(tasks) else np.nan,
+        "mean bytes out per task": float(tasks["bytes_out"].mean()) if len(tasks) else np.nan,
+        "bytes put to the store (data, splits)": stored_bytes,
         "cross-fitting wall time (s)": remote_seconds,
         "wall-clock time (s)": wall_seconds,
     }

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from doubleml.utils._checks import _check_binary_predictions, _check_finite_predictions
 from sklearn.utils import check_X_y
 
 #: A second-stage target: from the first-stage predictions of one repetition to the fit target.
@@ -42,6 +43,28 @@ class Nuisance:
     positions: np.ndarray | None = None
     #: what doubleml does to its own predictions of this nuisance before using them (PLPR cre_general)
     adjust: Callable[[np.ndarray], np.ndarray] | None = None
+    #: the checks doubleml runs on its own predictions of this nuisance but not on external ones
+    #: (see :func:`check_predictions`); checks doubleml runs on both it runs on ours itself
+    checks: tuple[str, ...] = ("finite",)
+    #: nuisances whose external predictions make doubleml skip this one (PLR's ml_l under IV-type)
+    skipped_with: tuple[str, ...] = ()
+
+
+def check_predictions(model, nuis: Nuisance, preds: np.ndarray, smpls: list) -> None:
+    """Run on remote predictions the checks doubleml runs on its own, with doubleml's messages.
+
+    ``preds`` are one repetition's predictions of ``nuis`` (rows of ``nuis.x``), ``smpls`` that
+    repetition's folds. ``"finite"``: ``ValueError: Predictions from learner ... for ml_l are not
+    finite.``; ``"binary_outcome"``: probabilities, not labels, for a binary outcome.
+    """
+    learner = model._learner[nuis.learner]
+    for check in nuis.checks:
+        if check == "finite":
+            _check_finite_predictions(preds, learner, nuis.learner, smpls)
+        elif check == "binary_outcome":
+            _check_binary_predictions(preds, learner, nuis.learner, model._dml_data.y_col)
+        else:  # pragma: no cover - a plan names a check that does not exist
+            raise ValueError(f"unknown prediction check {check!r}")
 
 
 def _cond(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -71,7 +94,9 @@ def plr(model) -> list[Nuisance]:
     x, y = _xy(model)
     x, d = check_X_y(x, model._dml_data.d, ensure_all_finite=False)
     pm = model._predict_method
-    plan = [Nuisance("ml_l", "ml_l", pm["ml_l"], x, y, y),
+    # under the IV-type score doubleml needs ml_l only to compute ml_g's target
+    skipped_with = ("ml_g",) if model.score == "IV-type" else ()
+    plan = [Nuisance("ml_l", "ml_l", pm["ml_l"], x, y, y, skipped_with=skipped_with),
             Nuisance("ml_m", "ml_m", pm["ml_m"], x, d, d)]
     if "ml_g" in model._learner:
         plan.append(Nuisance("ml_g", "ml_g", pm["ml_g"], x, None, None, second_stage=_plr_g_target(y, d)))
@@ -99,30 +124,33 @@ def plpr(model) -> list[Nuisance]:
 
 
 def pliv(model) -> list[Nuisance]:
-    """DoubleMLPLIV (partialX): l(X)=E[Y|X], m(X)=E[Z|X] per instrument, r(X)=E[D|X]; g for IV-type."""
+    """DoubleMLPLIV (partialX): l(X)=E[Y|X], m(X)=E[Z|X] per instrument, r(X)=E[D|X]; g for IV-type.
+
+    doubleml checks these predictions for finiteness whether external or not: no checks here.
+    """
     if not (model.partialX and not model.partialZ):
         raise NotImplementedError("Only DoubleMLPLIV with partialX (the default constructor) accepts "
                                   "external predictions in doubleml; partialZ/partialXZ are not supported.")
     x, y = _xy(model)
     x, d = check_X_y(x, model._dml_data.d, ensure_all_finite=False)
     pm = model._predict_method
-    plan = [Nuisance("ml_l", "ml_l", pm["ml_l"], x, y, y)]
+    plan = [Nuisance("ml_l", "ml_l", pm["ml_l"], x, y, y, checks=())]
     z_all = model._dml_data.z
     if model._dml_data.n_instr == 1:
         x, z = check_X_y(x, np.ravel(z_all), ensure_all_finite=False)
-        plan.append(Nuisance("ml_m", "ml_m", pm["ml_m"], x, z, z))
+        plan.append(Nuisance("ml_m", "ml_m", pm["ml_m"], x, z, z, checks=()))
     else:
         for i, z_col in enumerate(model._dml_data.z_cols):
             _, z_i = check_X_y(x, z_all[:, i], ensure_all_finite=False)
-            plan.append(Nuisance("ml_m_" + z_col, "ml_m", pm["ml_m"], x, z_i, z_i))
-    plan.append(Nuisance("ml_r", "ml_r", pm["ml_r"], x, d, d))
+            plan.append(Nuisance("ml_m_" + z_col, "ml_m", pm["ml_m"], x, z_i, z_i, checks=()))
+    plan.append(Nuisance("ml_r", "ml_r", pm["ml_r"], x, d, d, checks=()))
     if model._dml_data.n_instr == 1 and "ml_g" in model._learner:
         def target(preds: dict) -> np.ndarray:
             psi_a = -np.multiply(d - preds["ml_r"], z - preds["ml_m"])
             psi_b = np.multiply(z - preds["ml_m"], y - preds["ml_l"])
             theta_initial = -np.nanmean(psi_b) / np.nanmean(psi_a)
             return y - theta_initial * d
-        plan.append(Nuisance("ml_g", "ml_g", pm["ml_g"], x, None, None, second_stage=target))
+        plan.append(Nuisance("ml_g", "ml_g", pm["ml_g"], x, None, None, second_stage=target, checks=()))
     return plan
 
 
@@ -131,7 +159,9 @@ def irm(model) -> list[Nuisance]:
     x, y = _xy(model)
     x, d = check_X_y(x, model._dml_data.d, ensure_all_finite=False)
     pm = model._predict_method
-    return [Nuisance("ml_g0", "ml_g", pm["ml_g"], x, y, _cond(y, d == 0), train_rows=d == 0),
+    # doubleml checks ml_g1 for binary predictions whether external or not, ml_g0 only if its own
+    g0_checks = ("finite", "binary_outcome") if model._dml_data.binary_outcome else ("finite",)
+    return [Nuisance("ml_g0", "ml_g", pm["ml_g"], x, y, _cond(y, d == 0), train_rows=d == 0, checks=g0_checks),
             Nuisance("ml_g1", "ml_g", pm["ml_g"], x, y, _cond(y, d == 1), train_rows=d == 1),
             Nuisance("ml_m", "ml_m", pm["ml_m"], x, d, d)]
 
@@ -165,17 +195,20 @@ def apo(model) -> list[Nuisance]:
             Nuisance("ml_m", "ml_m", pm["ml_m"], x, treated, treated)]
 
 
-def _did(model, x, y, d, t=None, positions=None) -> list[Nuisance]:
-    """The DID family: outcome regressions per (D[, T]) cell, propensity m(X) for the observational score."""
+def _did(model, x, y, d, t=None, positions=None, g_checks=("finite",)) -> list[Nuisance]:
+    """The DID family: outcome regressions per (D[, T]) cell, propensity m(X) for the observational score.
+
+    doubleml checks m's predictions whether external or not; g's only if its own (``g_checks``).
+    """
     pm = model._predict_method
     if t is None:  # panel: cells D=0, D=1
         cells = {f"ml_g{i}": d == i for i in (0, 1)}
     else:          # repeated cross-sections: cells (D, T)
         cells = {f"ml_g_d{i}_t{j}": (d == i) & (t == j) for i in (0, 1) for j in (0, 1)}
-    plan = [Nuisance(name, "ml_g", pm["ml_g"], x, y, _cond(y, rows), train_rows=rows, positions=positions)
-            for name, rows in cells.items()]
+    plan = [Nuisance(name, "ml_g", pm["ml_g"], x, y, _cond(y, rows), train_rows=rows, positions=positions,
+                     checks=g_checks) for name, rows in cells.items()]
     if model.score == "observational":
-        plan.append(Nuisance("ml_m", "ml_m", pm["ml_m"], x, d, d, positions=positions))
+        plan.append(Nuisance("ml_m", "ml_m", pm["ml_m"], x, d, d, positions=positions, checks=()))
     return plan
 
 
@@ -191,7 +224,7 @@ def didcs(model) -> list[Nuisance]:
     x, y = _xy(model)
     x, d = check_X_y(x, model._dml_data.d, ensure_all_finite=False)
     x, t = check_X_y(x, model._dml_data.t, ensure_all_finite=False)
-    return _did(model, x, y, d, t)
+    return _did(model, x, y, d, t, g_checks=())  # doubleml's DIDCS checks none of its g predictions
 
 
 def did_binary(model) -> list[Nuisance]:
