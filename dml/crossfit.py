@@ -25,6 +25,8 @@ from typing import Any, Callable
 import numpy as np
 from sklearn.base import clone
 
+from lambdamap.progress import TaskBar
+
 from .plans import Nuisance
 from .tasks import fit_predict, train_test
 
@@ -65,6 +67,7 @@ class CrossFit:
     fit_seconds_estimate: float | None
     stored_bytes: int = 0
     parallelism: int = 1
+    stored_objects: int = 0
 
 
 #: Parallelism assumed on AWS: Lambda's default concurrency limit per account and region.
@@ -143,17 +146,20 @@ def cross_fit(
     skip: dict[str, set] | None = None,
     n_jobs: int | None = 1,
     return_models: bool = False,
+    progress: bool | None = None,
 ) -> CrossFit:
     """Compute every nuisance prediction of ``model`` (all treatments, repetitions, folds) remotely.
 
     ``skip`` names, per treatment column, nuisances that need no fit (the caller has predictions).
+    ``progress``: a bar over the tasks (None: if someone watches, see :mod:`lambdamap.progress`).
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     run = _Run(model, plan_treatments(model, plan, skip or {}), executor, n_jobs, return_models)
     run.choose_granularity(granularity)
     run.submit_first_stage()
-    run.collect()
+    with TaskBar(progress, run.expected_tasks(), desc="cross-fitting", unit="task") as bar:
+        run.collect(bar)
     return run.result()
 
 
@@ -183,6 +189,7 @@ class _Run:
         self.d_cols = list(model._dml_data.d_cols)
         self.smpls = model.smpls
         self.stored_bytes = 0
+        self.stored_objects = 0
         # the data go to the store once; a task needs only its own repetition's splits
         self.data_refs = {i: self.store({n.name: {"x": n.x, "y": n.y, "train_rows": n.train_rows, "method": n.method}
                                          for n in nuisances})
@@ -208,6 +215,7 @@ class _Run:
             return obj
         ref = put(obj)
         self.stored_bytes += ref.nbytes
+        self.stored_objects += 1
         return ref
 
     def choose_granularity(self, granularity: str) -> None:
@@ -240,12 +248,19 @@ class _Run:
             for i_treat, nuis in self.first_stage:
                 self.submit(i_treat, nuis, rep, stage=1)
 
-    def collect(self) -> None:
+    def expected_tasks(self) -> int:
+        """Tasks of the whole cross-fitting, second stages included (known once granularity is)."""
+        nuisances = len(self.first_stage) + len(self.second_stage)
+        return sum(nuisances * (len(folds) if self.granularity == "fold" else 1) for folds in self.smpls)
+
+    def collect(self, bar: TaskBar | None = None) -> None:
         try:
             while self.pending:
                 done, self.pending = concurrent.futures.wait(self.pending,
                                                              return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
+                    if bar is not None:
+                        bar.done(failed=future.cancelled() or future.exception() is not None)
                     self.on_done(self.by_future[future], future.result())  # a remote exception re-raises here
         except BaseException:
             for future in self.pending:
@@ -292,7 +307,8 @@ class _Run:
         models = {key: {name: [fits[f] for f in sorted(fits)] for name, fits in per_name.items()}
                   for key, per_name in self.models.items()}
         return CrossFit(predictions, self.targets, models, self.tasks, self.granularity, self.fit_estimate,
-                        stored_bytes=self.stored_bytes, parallelism=self.workers)
+                        stored_bytes=self.stored_bytes, parallelism=self.workers,
+                        stored_objects=self.stored_objects)
 
 
 def _scatter(values: np.ndarray, positions: np.ndarray | None, n_obs: int) -> np.ndarray:

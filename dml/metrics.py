@@ -1,17 +1,19 @@
 """What a remote cross-fitting cost: requests, durations, bytes, memory and the estimated AWS bill.
 
-Per-task numbers come from lambdamap (each call's status record: duration, peak memory, bytes out;
-``executor.metrics()``: bytes in). With a plain ``concurrent.futures`` executor only the durations
-measured inside the task are available. The dollar estimate applies the published AWS Lambda prices
-(:mod:`lambdamap.pricing`) to the measured durations at ``memory_mb`` of configured memory, whatever
-backend actually ran the tasks: for the local backend it answers "what would this cost on Lambda".
+Per-task numbers come from lambdamap (each call's status record: times, duration, peak memory, bytes
+out, its invocation; ``executor.metrics()``: submission time, bytes in). With a plain
+``concurrent.futures`` executor only the durations measured inside the task are available. The
+dollar estimate is lambdamap's (:mod:`lambdamap.cost`: Lambda requests, GB-seconds with the INIT
+phase of cold starts, S3 requests, at the published prices) at ``memory_mb`` of configured memory,
+whatever backend actually ran the tasks: for the local backend it answers "what would this cost on
+Lambda". The task table is also a timeline's input (:func:`lambdamap.timeline.plot`).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from lambdamap.pricing import billed_gb_seconds, lambda_cost
+from lambdamap.cost import estimate
 
 from .crossfit import CrossFit
 
@@ -47,9 +49,14 @@ def task_table(crossfit: CrossFit, executor=None) -> pd.DataFrame:
             "peak_memory_mb": status.get("peak_memory_mb", np.nan),
             "bytes_in": np.nan, "bytes_out": status.get("bytes_out", np.nan),
             "worker": status.get("worker"), "warm": status.get("warm"),
+            "submitted": np.nan, "started": status.get("started", np.nan),
+            "finished": status.get("finished", np.nan), "invocation": status.get("invocation"),
+            "invocation_started": status.get("invocation_started", np.nan),
+            "init_duration": status.get("init_duration", np.nan),
         }
         if calls is not None and call_id in calls.index:
             row["bytes_in"] = calls.at[call_id, "bytes_in"]
+            row["submitted"] = calls.at[call_id, "submitted"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -62,6 +69,7 @@ def summary(tasks: pd.DataFrame, crossfit: CrossFit, wall_seconds: float, remote
     doubleml's estimation from the predictions, on the client).
     """
     durations = tasks["duration"].astype(float).to_numpy()
+    cost = estimate(tasks, memory_mb=memory_mb, arch=arch, objects=crossfit.stored_objects)
     values = {
         "requests": len(tasks),
         "granularity": crossfit.granularity,
@@ -73,8 +81,10 @@ def summary(tasks: pd.DataFrame, crossfit: CrossFit, wall_seconds: float, remote
         "max duration (s)": float(np.nanmax(durations)) if len(durations) else np.nan,
         "mean seconds per fold fit": float(tasks["fit_seconds"].sum() / max(tasks["folds"].sum(), 1)),
         "memory size (MB, assumed)": memory_mb,
-        "billed GB-seconds": billed_gb_seconds(durations[~np.isnan(durations)], memory_mb),
-        "estimated cost (USD)": lambda_cost(durations[~np.isnan(durations)], memory_mb, arch),
+        "cold starts": cost.cold_starts,
+        "billed GB-seconds": cost.gb_seconds,
+        "S3 requests": cost.s3_requests,
+        "estimated cost (USD)": cost.total_usd,
         "peak memory (MB)": float(tasks["peak_memory_mb"].max()),
         "mean bytes in per task": float(tasks["bytes_in"].mean()),
         "mean bytes out per task": float(tasks["bytes_out"].mean()),

@@ -37,12 +37,15 @@ class ServerlessMixin:
       parallelism; ``None`` leaves the learners as they are). It does not change forest results.
     * ``memory_mb``, ``arch``: the Lambda configuration for the cost estimate in ``metrics``
       (default: the AWS executor's function, else 1,769 MB and x86_64).
+    * ``progress``: a progress bar over the tasks during ``fit``: None (default) shows it when
+      someone watches (a terminal or a notebook, not CI), True/False force it.
     """
 
     _plan = None  # the model's nuisance plan, a function of dml.plans
 
     def __init__(self, *args, executor=None, granularity: str = "auto", learner_n_jobs: int | None = 1,
-                 memory_mb: float | None = None, arch: str | None = None, **kwargs):
+                 memory_mb: float | None = None, arch: str | None = None,
+                 progress: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)  # doubleml checks data, learners, scores first
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
@@ -53,6 +56,7 @@ class ServerlessMixin:
         self.learner_n_jobs = learner_n_jobs
         self.memory_mb = memory_mb
         self.arch = arch
+        self.progress = progress
         self._crossfit: CrossFit | None = None  # set during fit only
         self._metrics = None
         self._task_metrics = None
@@ -72,7 +76,8 @@ class ServerlessMixin:
         start = time.perf_counter()
         try:
             crossfit = cross_fit(self, type(self)._plan, executor, self.granularity, skip=skip,
-                                 n_jobs=self.learner_n_jobs, return_models=store_models)
+                                 n_jobs=self.learner_n_jobs, return_models=store_models,
+                                 progress=self.progress)
             tasks = _metrics.task_table(crossfit, executor)
         finally:
             if owned:
