@@ -22,10 +22,11 @@ measured start-up (``init_duration``), else :data:`~lambdamap.pricing.INIT_SECON
   second after its first call; per call: PUT the result and PUT the status; per stored object
   (``Executor.put``): one GET by each worker (an upper bound: a worker caches what it read);
 * the client: PUT the control record, each function, each object, and per argument blob the blob
-  and its manifest; GET each result; LIST the status prefix once per poll (simulated from the
-  finish times: the collector's interval shrinks to its minimum while results arrive and doubles
-  to its maximum while none do), LIST the start markers every 2 s while an invocation has not
-  started, and LIST the job's keys (1 per 1,000) to delete them. DELETE requests are free.
+  and its manifest; GET each result; LIST the status prefix once per poll and the start markers
+  every 2 s while an invocation has not started (counted by an executor on S3; otherwise
+  modelled: the collector's polls replayed over the finish times at its S3 intervals, each
+  taking :data:`POLL_SECONDS`), and LIST the job's keys (1 per 1,000) to delete them. DELETE
+  requests are free.
 
 Not counted: invocations lost without a report (Lambda bills them up to the time-out; their
 calls ran again and count then), the client's runtime probe (one short synchronous invocation
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 
 #: The collector's poll interval (min, max) seconds on S3: the executor's default there.
 S3_POLL_INTERVAL = (0.05, 2.0)
+#: Seconds one poll takes on S3 besides the wait (a LIST, and the GETs of what it found), assumed
+#: when the polls are modelled.
+POLL_SECONDS = 0.03
 #: Keys per S3 LIST page (and per DeleteObjects request).
 LIST_PAGE_KEYS = 1000
 
@@ -71,20 +75,24 @@ class CostEstimate:
 
     @property
     def s3_requests(self) -> int:
+        """S3 requests of every kind."""
         return self.s3_put + self.s3_get + self.s3_list
 
     @property
     def lambda_usd(self) -> float:
+        """Lambda's part: requests and billed GB-seconds."""
         return (self.gb_seconds * pricing.PRICE_PER_GB_SECOND[self.arch]
                 + self.invocations * pricing.PRICE_PER_REQUEST)
 
     @property
     def s3_usd(self) -> float:
+        """S3's part: its requests."""
         return (self.s3_put * pricing.PRICE_PER_S3_PUT + self.s3_get * pricing.PRICE_PER_S3_GET
                 + self.s3_list * pricing.PRICE_PER_S3_LIST)
 
     @property
     def total_usd(self) -> float:
+        """The estimated bill, USD."""
         return self.lambda_usd + self.s3_usd
 
     def summary(self) -> dict[str, Any]:
@@ -105,6 +113,7 @@ class CostEstimate:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields and the derived figures, under their attribute names."""
         return {**asdict(self), "gb_seconds": self.gb_seconds, "s3_requests": self.s3_requests,
                 "lambda_usd": self.lambda_usd, "s3_usd": self.s3_usd, "total_usd": self.total_usd}
 
@@ -119,13 +128,15 @@ class CostEstimate:
 
 def estimate(metrics: pd.DataFrame, *, memory_mb: float, arch: str = "x86_64",
              functions: int = 1, objects: int = 0,
-             poll_interval: tuple[float, float] | None = None) -> CostEstimate:
+             poll_interval: tuple[float, float] | None = None,
+             client_lists: int | None = None) -> CostEstimate:
     """The estimated AWS bill of the calls in ``metrics`` (see the module doc for what counts).
 
     ``metrics`` has a row per call with the columns of ``Executor.metrics()``; missing columns
     count as unknown (e.g. a table with ``duration`` only: one invocation per row, no S3
     polling). ``functions`` and ``objects`` are how many functions and stored objects the job
-    uploaded; ``poll_interval`` the collector's (default: its S3 default).
+    uploaded; ``client_lists`` the LIST requests the client made while the job ran, if counted
+    (else they are modelled with the collector's ``poll_interval``, default its S3 default).
     """
     import numpy as np
 
@@ -166,10 +177,10 @@ def estimate(metrics: pd.DataFrame, *, memory_mb: float, arch: str = "x86_64",
             fn_gets += 1
             measured = init[rows][~np.isnan(init[rows])]
             init_s += _billed(measured[0] if len(measured) else pricing.INIT_SECONDS_ESTIMATE)
-        if len(rows) > 1:  # the control record, at most once a second after the first call
-            first = np.nanmin(finished[rows]) if not np.all(np.isnan(finished[rows])) else end
-            span = end - first if not np.isnan(end - first) else 0.0
-            control_gets += min(len(rows) - 1, math.ceil(span / _control_check_seconds()))
+        # The control record: before each call but the first and after each call, once a second
+        # at most, counted from the invocation's start.
+        span = seconds if not np.isnan(seconds) else 0.0
+        control_gets += min(2 * len(rows) - 1, int(span // _control_check_seconds()))
 
     calls = int(ran.sum())
     invocations = len(groups)
@@ -178,13 +189,15 @@ def estimate(metrics: pd.DataFrame, *, memory_mb: float, arch: str = "x86_64",
     blobs = _blobs(invocation, remote) or invocations
     runtime_put = invocations + 2 * int(remote.sum())
     runtime_get = invocations + fn_gets + control_gets + objects * n_workers
-    client_put = 1 + functions + objects + 2 * blobs + 2 * int((ran & ~remote).sum())
+    control = 1 if len(frame) else 0  # written before the job's first invocation
+    client_put = control + functions + objects + 2 * blobs + 2 * int((ran & ~remote).sum())
     client_get = calls
-    keys = 1 + functions + objects + 2 * blobs + invocations + 2 * calls
-    client_list = (_polls(_floats(column("submitted")), finished[ran], call_started,
-                          poll_interval or S3_POLL_INTERVAL)
-                   + _start_lists(_floats(column("submitted")), started, call_started)
-                   + math.ceil(keys / LIST_PAGE_KEYS))
+    keys = control + functions + objects + 2 * blobs + invocations + 2 * calls
+    if client_lists is None:
+        client_lists = (_polls(_floats(column("submitted")), finished[ran], call_started,
+                               poll_interval or S3_POLL_INTERVAL)
+                        + _start_lists(_floats(column("submitted")), started, call_started))
+    client_list = client_lists + math.ceil(keys / LIST_PAGE_KEYS)
     return CostEstimate(memory_mb=float(memory_mb), arch=arch, calls=calls,
                         invocations=invocations, billed_seconds=billed, cold_starts=cold_starts,
                         init_seconds=init_s, s3_put=runtime_put + client_put,
@@ -250,12 +263,13 @@ def _polls(submitted, finished, started, interval: tuple[float, float]) -> int:
     low, high = interval
     t, wait, polls, i = float(origin.min()), low, 0, 0
     while i < len(times):
-        if wait >= high and times[i] - t > high:  # idle at the maximum: skip ahead in one step
-            skipped = int((times[i] - t) // high)
-            t += skipped * high
+        step = high + POLL_SECONDS
+        if wait >= high and times[i] - t > step:  # idle at the maximum: skip ahead in one step
+            skipped = int((times[i] - t) // step)
+            t += skipped * step
             polls += skipped
             continue
-        t += wait
+        t += wait + POLL_SECONDS
         polls += 1
         found = int(np.searchsorted(times, t, side="right")) - i
         i += max(found, 0)

@@ -155,6 +155,7 @@ class Executor(concurrent.futures.Executor):
         self._tombstones: list[wire.Event] = []
         self._control_due = 0.0
         self._starts_listed = 0.0
+        self._start_lists = 0  # LIST requests of start markers, for the cost estimate
         # Shutdown protocol (as the stdlib's): a schedule either completes or sees the flag.
         self._state = threading.Condition(threading.Lock())
         self._shutdown = False
@@ -402,12 +403,13 @@ class Executor(concurrent.futures.Executor):
 
         memory, architecture = function_config(self.backend)
         functions, objects = self._writer.uploads()
-        polls = (None if isinstance(self.storage, LocalStorage)
-                 else (self._collector.min_interval, self._collector.max_interval))
+        # On S3 the client's LISTs are counted; a folder is polled otherwise: they are modelled.
+        lists = (None if isinstance(self.storage, LocalStorage)
+                 else self._collector.lists + self._start_lists)
         return estimate(self.metrics(), memory_mb=memory_mb or memory, arch=arch or architecture,
-                        functions=functions, objects=objects, poll_interval=polls)
+                        functions=functions, objects=objects, client_lists=lists)
 
-    def plot(self, path: str | os.PathLike | None = None, **options: Any):
+    def plot(self, path: str | os.PathLike | None = None, **options: Any) -> Any:
         """Draw the job's timeline — calls per worker over time, cold starts and failures
         marked, and concurrency — into a PNG at ``path`` (see :func:`lambdamap.timeline.plot`);
         returns the matplotlib figure. Needs matplotlib (``pip install lambdamap[plot]``)."""
@@ -592,6 +594,7 @@ class Executor(concurrent.futures.Executor):
             prefix = wire.start_prefix(self.job_id)
             blob = unstarted[0].split(".", 1)[0]
             keys = self.storage.list(prefix, start_after=prefix + blob)
+            self._start_lists += 1 + len(keys) // 1000
             with self._lock:
                 for key in keys:
                     self._ledger.started(key[len(prefix):], now)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from .logs import LogLocation
 
 
 class CallFuture(concurrent.futures.Future):
@@ -52,7 +55,7 @@ class CallFuture(concurrent.futures.Future):
         return True
 
     @property
-    def logs_location(self):
+    def logs_location(self) -> LogLocation | None:
         """Where the call's invocation logged on AWS (``.events()`` reads them), or None."""
         from .logs import LogLocation
 

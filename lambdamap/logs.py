@@ -57,6 +57,7 @@ class LogLocation:
         return cls(data["group"], data["stream"], data["request_id"])
 
     def to_json(self) -> dict:
+        """The JSON form kept in statuses and start markers."""
         return {"group": self.group, "stream": self.stream, "request_id": self.request_id}
 
     def describe(self) -> str:
@@ -171,6 +172,7 @@ def parse_since(text: str) -> float:
 
 
 def format_event(event: dict) -> str:
+    """One log event as a line: UTC time to the millisecond, then the message."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["timestamp"] / 1000))
     return f"{stamp}.{event['timestamp'] % 1000:03d}Z {event['message'].rstrip()}"
 
@@ -207,8 +209,12 @@ def _mark(message: str, request_id: str) -> str | None:
     return None
 
 
-def _ranges(calls: list[int]) -> str:
+def format_calls(calls) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (an invocation's calls, compactly)."""
+    return _ranges(list(calls))
+
+
+def _ranges(calls: list[int]) -> str:
     parts, calls = [], sorted(calls)
     i = 0
     while i < len(calls):
