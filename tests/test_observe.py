@@ -108,6 +108,15 @@ def test_progress_is_on_where_someone_watches(monkeypatch):
     assert interactive()
     monkeypatch.setenv("CI", "true")
     assert not interactive() and TaskBar(None, 5)._bar is None
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+
+    class ZMQInteractiveShell:  # what Jupyter's kernel runs
+        pass
+
+    monkeypatch.setitem(sys.modules, "IPython", type(sys)("IPython"))
+    sys.modules["IPython"].get_ipython = ZMQInteractiveShell
+    assert interactive()  # a notebook, though stderr is no terminal
     with pytest.raises(TypeError, match="True, False or None"):
         TaskBar("yes", 5)
 
