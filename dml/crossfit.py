@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
+from lambdamap.progress import TaskBar
+
 from .plans import Nuisance, check_predictions
 from .tasks import fit_predict, train_test
 
@@ -292,8 +294,11 @@ class CrossFitRun:
         self.by_future: dict[concurrent.futures.Future, tuple[Part, Task]] = {}
         self.pending: set = set()
 
-    def execute(self, executor, granularity: str = "auto") -> None:
-        """Store the data, submit every task (second stages as their first stages finish), gather the results."""
+    def execute(self, executor, granularity: str = "auto", progress: bool | None = None) -> None:
+        """Store the data, submit every task (second stages as their first stages finish), gather the results.
+
+        ``progress``: a bar over the tasks (None: if someone watches, see :mod:`lambdamap.progress`).
+        """
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if not self.parts:
@@ -307,7 +312,13 @@ class CrossFitRun:
             part.smpls_refs = [self.store(folds, part) for folds in part.smpls]
         self.choose_granularity(granularity)
         self.submit_first_stage()
-        self.collect()
+        with TaskBar(progress, self.expected_tasks(), desc="cross-fitting", unit="task") as bar:
+            self.collect(bar)
+
+    def expected_tasks(self) -> int:
+        """Tasks of the whole cross-fitting, second stages included (known once granularity is)."""
+        return sum(len(part.nuisances) * (len(folds) if self.granularity == "fold" else 1)
+                   for part in self.parts for folds in part.smpls)
 
     def store(self, obj, part: Part):
         """A reference to ``obj`` in the executor's store (once per object); ``obj`` itself without one."""
@@ -367,12 +378,14 @@ class CrossFitRun:
                 if not part.first_stage:  # the whole first stage is external: the second can start now
                     self.submit_second_stage(part, rep)
 
-    def collect(self) -> None:
+    def collect(self, bar: TaskBar | None = None) -> None:
         try:
             while self.pending:
                 done, self.pending = concurrent.futures.wait(self.pending,
                                                              return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
+                    if bar is not None:
+                        bar.done(failed=future.cancelled() or future.exception() is not None)
                     part, task = self.by_future[future]
                     self.on_done(part, task, future.result())  # a remote exception re-raises here
         except BaseException:

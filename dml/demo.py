@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> Dou
     parser.add_argument("--trees", type=int, default=500, help="trees per random forest (default 500)")
     parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
     parser.add_argument("--granularity", default="auto", choices=["auto", "fold", "rep"])
+    parser.add_argument("--timeline", metavar="PNG", default=os.path.join(tempfile.gettempdir(), "dml-demo-timeline.png"),
+                        help="where to draw the fit's timeline (default: in the temp folder; '' for none)")
     args = parser.parse_args(argv)
 
     data = load_bonus()
@@ -46,8 +50,13 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> Dou
         model.fit()
         print(f"fitted in {time.perf_counter() - start:.1f} s\n")
     print(model.summary.round(4).to_string())
-    print("\nRemote work (cost: published AWS Lambda x86 prices at the assumed memory size):")
+    print("\nRemote work (cost: Lambda and S3 at the published AWS prices, x86, at the assumed memory size):")
     print(model.metrics.to_string())
+    if args.timeline:
+        from lambdamap.timeline import plot
+
+        plot(model.task_metrics, args.timeline, title="dml demo: cross-fitting tasks per worker")
+        print(f"\ntimeline of the fit (tasks per worker, concurrency): {args.timeline}")
     return model
 
 

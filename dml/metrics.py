@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lambdamap.pricing import billed_gb_seconds, lambda_cost
+from lambdamap.cost import estimate
 
 #: The columns of :func:`task_table` (also of the empty table of a fit that ran no task).
 TASK_COLUMNS = ["model", "treatment", "nuisance", "rep", "folds", "stage", "call_id", "duration", "fit_seconds",
-                "peak_memory_mb", "bytes_in", "bytes_out", "worker", "warm"]
+                "peak_memory_mb", "bytes_in", "bytes_out", "worker", "warm", "submitted", "started", "finished",
+                "invocation", "invocation_started", "init_duration"]
 
 #: Memory assumed for the cost estimate when the executor does not say: 1,769 MB is where Lambda
 #: allocates one full vCPU, which is what a single-threaded fit (n_jobs=1) uses.
@@ -50,16 +51,21 @@ def task_table(tasks: list, executor=None) -> pd.DataFrame:
             "peak_memory_mb": status.get("peak_memory_mb", np.nan),
             "bytes_in": np.nan, "bytes_out": status.get("bytes_out", np.nan),
             "worker": status.get("worker"), "warm": status.get("warm"),
+            "submitted": np.nan, "started": status.get("started", np.nan),
+            "finished": status.get("finished", np.nan), "invocation": status.get("invocation"),
+            "invocation_started": status.get("invocation_started", np.nan),
+            "init_duration": status.get("init_duration", np.nan),
         }
         if calls is not None and call_id in calls.index:
             row["bytes_in"] = calls.at[call_id, "bytes_in"]
+            row["submitted"] = calls.at[call_id, "submitted"]
         rows.append(row)
     return pd.DataFrame(rows, columns=TASK_COLUMNS)
 
 
 def summary(tasks: pd.DataFrame, wall_seconds: float, remote_seconds: float, memory_mb: float = DEFAULT_MEMORY_MB,
             arch: str = "x86_64", granularity: str | None = None, fit_seconds_estimate: float | None = None,
-            parallelism: int | None = None, stored_bytes: int = 0) -> pd.DataFrame:
+            parallelism: int | None = None, stored_bytes: int = 0, stored_objects: int = 0) -> pd.DataFrame:
     """The one-column table shown as ``model.metrics``.
 
     ``wall_seconds`` is the whole ``fit``; ``remote_seconds`` its remote part (the rest is doubleml's
@@ -69,6 +75,7 @@ def summary(tasks: pd.DataFrame, wall_seconds: float, remote_seconds: float, mem
     durations = tasks["duration"].astype(float).to_numpy()
     durations = durations[~np.isnan(durations)]
     n_folds = int(tasks["folds"].sum())
+    cost = estimate(tasks, memory_mb=memory_mb, arch=arch, objects=stored_objects) if len(tasks) else None
     values = {
         "requests": len(tasks),
         "granularity": granularity,
@@ -80,8 +87,10 @@ def summary(tasks: pd.DataFrame, wall_seconds: float, remote_seconds: float, mem
         "max duration (s)": float(durations.max()) if len(durations) else np.nan,
         "mean seconds per fold fit": float(tasks["fit_seconds"].sum() / n_folds) if n_folds else np.nan,
         "memory size (MB, assumed)": memory_mb,
-        "billed GB-seconds": billed_gb_seconds(durations, memory_mb) if len(durations) else 0.0,
-        "estimated cost (USD)": lambda_cost(durations, memory_mb, arch) if len(durations) else 0.0,
+        "cold starts": cost.cold_starts if cost else 0,
+        "billed GB-seconds": cost.gb_seconds if cost else 0.0,
+        "S3 requests": cost.s3_requests if cost else 0,
+        "estimated cost (USD)": cost.total_usd if cost else 0.0,
         "peak memory (MB)": float(tasks["peak_memory_mb"].max()) if len(tasks) else np.nan,
         "mean bytes in per task": float(tasks["bytes_in"].mean()) if len(tasks) else np.nan,
         "mean bytes out per task": float(tasks["bytes_out"].mean()) if len(tasks) else np.nan,

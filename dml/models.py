@@ -37,7 +37,7 @@ class _ServerlessBase:
     """What every serverless class shares: the executor settings, metrics, copies and pickles."""
 
     def _init_serverless(self, executor, granularity: str, learner_n_jobs: int | None,
-                         memory_mb: float | None, arch: str | None) -> None:
+                         memory_mb: float | None, arch: str | None, progress: bool | None = None) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self._executor = executor
@@ -45,6 +45,7 @@ class _ServerlessBase:
         self.learner_n_jobs = learner_n_jobs
         self.memory_mb = memory_mb
         self.arch = arch
+        self.progress = progress  # a bar during fit: None shows it where someone watches
         self._metrics = None
         self._task_metrics = None
 
@@ -67,7 +68,7 @@ class _ServerlessBase:
         if run.parts:  # all predictions external: nothing to run, no executor to start
             executor, owned = self._executor_or_new()
             try:
-                run.execute(executor, self.granularity)
+                run.execute(executor, self.granularity, progress=getattr(self, "progress", None))
                 self._task_metrics = _metrics.task_table(run.tasks, executor)
             finally:
                 if owned:
@@ -75,7 +76,8 @@ class _ServerlessBase:
         else:
             self._task_metrics = _metrics.task_table([], None)
         details = dict(granularity=run.granularity, fit_seconds_estimate=run.fit_estimate,
-                       parallelism=run.workers if run.parts else None, stored_bytes=sum(run.stored_bytes))
+                       parallelism=run.workers if run.parts else None, stored_bytes=sum(run.stored_bytes),
+                       stored_objects=len(run._stored))
         return run.result(), time.perf_counter() - start, executor, details
 
     def _record_metrics(self, wall_seconds: float, remote_seconds: float, executor=None, **details) -> None:
@@ -135,8 +137,9 @@ class _ServerlessBase:
 def _serverless_init(self, executor, granularity, learner_n_jobs, memory_mb, arch, init, args, kwargs):
     """The constructor of every class: version guard, doubleml's own checks, then dml's."""
     check_doubleml_version()
+    progress = kwargs.pop("progress", None)  # dml's, not doubleml's
     # set before doubleml's constructor: a composite's builds its sub-models inside it
-    self._init_serverless(executor, granularity, learner_n_jobs, memory_mb, arch)
+    self._init_serverless(executor, granularity, learner_n_jobs, memory_mb, arch, progress)
     init(*args, **kwargs)  # doubleml checks data, learners, scores first
     learners = {k: v for k, v in self._learner.items() if v is not None}
     _check_picklable(learners)

@@ -19,14 +19,17 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
+from lambdamap.progress import wanted
+
 from .executors import using_executor
 from .grove import predict_grove
 from .seeding import grove_slices, sklearn_requirement
 
-_GROVE_PARAMS = ("grove_size", "executor")
+_GROVE_PARAMS = ("grove_size", "executor", "progress")
 _GROVE_CONSTRAINTS: dict = {
     "grove_size": [Interval(Integral, 1, None, closed="left")],
     "executor": [None, HasMethods(["map", "put"])],
+    "progress": [None, "boolean"],
 }
 
 
@@ -42,6 +45,7 @@ class GroveForestMixin:
         arguments = {name: value for name, value in arguments.items() if name != "self"}
         self.grove_size = arguments.pop("grove_size")
         self.executor = arguments.pop("executor")
+        self.progress = arguments.pop("progress")
         self._sklearn_class.__init__(self, **arguments)
 
     # ----------------------------------------------------------------------------- fitting
@@ -60,7 +64,8 @@ class GroveForestMixin:
 
         with using_executor(self.executor) as executor:
             backend = LambdamapBackend(executor=executor, tasks_per_call=self.grove_size,
-                                       require_versions=sklearn_requirement())
+                                       require_versions=sklearn_requirement(),
+                                       progress=self.progress, progress_unit="tree")
             # n_jobs=-1 only names the fan-out in joblib's messages: groups ignore n_jobs.
             with parallel_config(backend=backend, n_jobs=-1):
                 return super().fit(X, y, sample_weight=sample_weight)
@@ -86,11 +91,13 @@ class GroveForestMixin:
         X = self._validate_X_predict(X)
         slices = grove_slices(len(self.estimators_), self.grove_size)
         total = None
+        # lambdamap's bar counts groves; an executor without one is not asked for it
+        bar = {"progress": True} if wanted(self.progress) else {}
         with using_executor(self.executor) as executor:
             x_ref = executor.put(X)
             outputs = executor.map(predict_grove, [x_ref] * len(slices),
                                    [executor.put(self.estimators_[s]) for s in slices],
-                                   [self._tree_method] * len(slices))
+                                   [self._tree_method] * len(slices), **bar)
             for grove_outputs in outputs:
                 for output in grove_outputs:
                     # Multi-output classifiers give a list of arrays per tree.
@@ -169,6 +176,9 @@ class GroveForestClassifier(GroveForestMixin, RandomForestClassifier):
     executor : lambdamap.Executor or None, default=None
         Runs the groves (anything with lambdamap's ``put`` and ``map``). None: a default
         ``lambdamap.Executor()`` is created for each fit or distributed predict and shut down.
+    progress : bool or None, default=None
+        A progress bar over the trees while fitting and the groves while predicting
+        distributed; None shows it when someone watches (a terminal or a notebook, not CI).
 
     ``n_jobs`` only affects local prediction (threads), as trees are grown by the executor.
     With the same ``random_state`` the fitted trees equal ``RandomForestClassifier``'s.
@@ -184,7 +194,7 @@ class GroveForestClassifier(GroveForestMixin, RandomForestClassifier):
                  max_features="sqrt", max_leaf_nodes=None, min_impurity_decrease=0.0,
                  bootstrap=True, oob_score=False, n_jobs=None, random_state=None, verbose=0,
                  warm_start=False, class_weight=None, ccp_alpha=0.0, max_samples=None,
-                 monotonic_cst=None, grove_size=10, executor=None):
+                 monotonic_cst=None, grove_size=10, executor=None, progress=None):
         self._init_grove(locals())
 
     def predict_proba(self, X, distributed: bool = False):
@@ -206,8 +216,8 @@ class GroveForestClassifier(GroveForestMixin, RandomForestClassifier):
 class GroveForestRegressor(GroveForestMixin, RandomForestRegressor):
     """A ``RandomForestRegressor`` grown in groves of ``grove_size`` trees on ``executor``.
 
-    Parameters are ``RandomForestRegressor``'s plus ``grove_size`` and ``executor``, as for
-    :class:`GroveForestClassifier`.
+    Parameters are ``RandomForestRegressor``'s plus ``grove_size``, ``executor`` and
+    ``progress``, as for :class:`GroveForestClassifier`.
     """
 
     _sklearn_class = RandomForestRegressor
@@ -220,7 +230,7 @@ class GroveForestRegressor(GroveForestMixin, RandomForestRegressor):
                  max_features=1.0, max_leaf_nodes=None, min_impurity_decrease=0.0,
                  bootstrap=True, oob_score=False, n_jobs=None, random_state=None, verbose=0,
                  warm_start=False, ccp_alpha=0.0, max_samples=None, monotonic_cst=None,
-                 grove_size=10, executor=None):
+                 grove_size=10, executor=None, progress=None):
         self._init_grove(locals())
 
 

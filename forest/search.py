@@ -23,7 +23,7 @@ from sklearn.model_selection import ParameterGrid, check_cv
 from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import check_is_fitted
 
-from .estimators import GroveForestMixin
+from .estimators import _GROVE_PARAMS, GroveForestMixin
 from .executors import using_executor
 
 
@@ -55,8 +55,8 @@ def fit_and_score(data: SearchData, estimator: Any, params: dict, train: np.ndar
 def _unfitted_plain(estimator: Any) -> Any:
     """A grove forest's plain scikit-learn twin (same parameters); other estimators as they are."""
     if isinstance(estimator, GroveForestMixin):
-        params = estimator.get_params(deep=False)
-        del params["grove_size"], params["executor"]
+        params = {k: v for k, v in estimator.get_params(deep=False).items()
+                  if k not in _GROVE_PARAMS}
         return estimator._sklearn_class(**params)
     return estimator
 

@@ -1,4 +1,4 @@
-"""The ``lambdamap`` console script: ``deploy``, ``status``, ``destroy`` and ``emulate``.
+"""The ``lambdamap`` console script: ``deploy``, ``status``, ``logs``, ``destroy`` and ``emulate``.
 
 ::
 
@@ -6,6 +6,7 @@
     lambdamap deploy --bucket my-bucket --image 1234.dkr.ecr.../lambdamap:3.11   # container image
     lambdamap status                                               # what runs, do versions match?
     lambdamap status --no-probe                                    # ... from deploy's record alone
+    lambdamap logs JOB [CALL] [--since 3d]                         # a job's invocations' logs
     lambdamap destroy [--delete-bucket]
     lambdamap emulate ...                                          # the local Lambda emulator
 
@@ -85,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not invoke the function to ask what it runs; compare with what "
                              "deploy recorded only")
 
+    logs = commands.add_parser("logs", help="print the CloudWatch logs of a job's invocations "
+                                            "(of one call's, with CALL)")
+    _add(logs, _SETTING_OPTIONS)
+    logs.add_argument("job", help="the job id (Executor.job_id; named in the errors of lost calls)")
+    logs.add_argument("call", nargs="?", type=int, default=None,
+                      help="a call id: only the invocations that ran it (every attempt)")
+    logs.add_argument("--since", default="1d",
+                      help="how far back to search the function's log group: 90m, 24h, 3d "
+                           "(default 1d)")
+
     destroy = commands.add_parser("destroy", help="remove function, layer versions and role")
     _add(destroy, _SETTING_OPTIONS)
     destroy.add_argument("--delete-bucket", action="store_true",
@@ -108,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = _settings(args)
-        return {"deploy": _deploy, "status": _status, "destroy": _destroy}[args.command](args, settings)
+        commands = {"deploy": _deploy, "status": _status, "logs": _logs, "destroy": _destroy}
+        return commands[args.command](args, settings)
     except (ValueError, TypeError, FileNotFoundError) as exc:  # the user's input: say what is wrong
         print(f"lambdamap {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -174,6 +186,39 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"bucket    {info['bucket'] or (settings.bucket or '(none configured)') + ': absent'}")
     print(f"layers    {len(info['layers'])} version(s) of {settings.layer}")
     return 0 if fn is not None and info["matches"] else 1
+
+
+def _logs(args: argparse.Namespace, settings: Settings) -> int:
+    from botocore.exceptions import ClientError
+
+    from . import logs
+
+    group = logs.function_log_group(settings.function_name)
+    since = logs.parse_since(args.since)
+    try:
+        found = logs.read_job(args.job, args.call, group=group, since=since,
+                              client=logs.logs_client(settings))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code == "ResourceNotFoundException":
+            raise RuntimeError(f"no log group {group}: function {settings.function_name!r} has "
+                               "not run yet, or pass its name with --function-name") from None
+        if code in ("AccessDeniedException", "AccessDenied"):
+            raise RuntimeError(f"reading {group} was denied: the reader needs logs:FilterLogEvents "
+                               "and logs:GetLogEvents on it (docs/aws.md)") from None
+        raise
+    if not found:
+        what = f"call {args.call} of job {args.job}" if args.call is not None else f"job {args.job}"
+        print(f"lambdamap logs: no invocation of {what} in log group {group} in the last "
+              f"{args.since}: check the job id, the function (--function-name) and --since",
+              file=sys.stderr)
+        return 1
+    for inv in found:
+        print(f"== invocation {inv.invocation} (attempt {inv.attempt}), calls "
+              f"{logs.format_calls(inv.calls)}: {inv.location.describe()}")
+        for event in inv.events:
+            print(logs.format_event(event))
+    return 0
 
 
 def _destroy(args: argparse.Namespace, settings: Settings) -> int:

@@ -35,6 +35,7 @@ class Collector:
         self._wake = threading.Event()
         self._hints: list[int] = []  # call ids a backend says have finished
         self._stop = False
+        self.lists = 0  # LIST requests made (pages), for the cost estimate
         # A folder answers a read in microseconds: threads would only add overhead there.
         self._fetcher = None if isinstance(storage, LocalStorage) else ThreadPoolExecutor(
             fetch_threads, thread_name_prefix="lambdamap-fetch")
@@ -82,6 +83,7 @@ class Collector:
             return 0
         start_after = wire.status_key(self.job_id, low - 1) if low > 0 else None
         keys = self.storage.list(wire.status_prefix(self.job_id), start_after=start_after)
+        self.lists += 1 + len(keys) // 1000
         return self.fetch(map(wire.call_id_of, keys))
 
     def fetch(self, call_ids) -> int:

@@ -74,6 +74,8 @@ class Settings:
     s3_endpoint_url: str | None = None
     lambda_endpoint_url: str | None = None
     iam_endpoint_url: str | None = None
+    #: CloudWatch Logs, for ``lambdamap logs``.
+    logs_endpoint_url: str | None = None
     #: The deployment's HMAC key, hex (:mod:`lambdamap.signing`): ``lambdamap deploy`` creates it
     #: and stores it in the config file; the function has it in ``LAMBDAMAP_SIGNING_KEY``.
     signing_key: str | None = field(default=None, repr=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -40,6 +41,8 @@ from .storage import LocalStorage, Storage
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .cost import CostEstimate
+
 log = logging.getLogger(__name__)
 
 # Default bounds on one call's pickled arguments and result; larger data goes by reference.
@@ -52,10 +55,11 @@ CONTROL_WRITE_INTERVAL = 0.5
 
 METRICS_COLUMNS = ["call_id", "submitted", "started", "finished", "duration", "peak_memory_mb",
                    "peak_memory_scope", "worker", "warm", "bytes_in", "bytes_out", "attempt", "ok",
-                   "error_type", "cancelled"]
+                   "error_type", "cancelled", "invocation", "invocation_started", "init_duration"]
 METRICS_ORDER = ["call_id", "submitted", "started", "finished", "duration", "queue_delay", "cold",
                  "warm", "peak_memory_mb", "peak_memory_scope", "worker", "bytes_in", "bytes_out",
-                 "attempt", "ok", "error_type", "cancelled"]
+                 "attempt", "ok", "error_type", "cancelled", "invocation", "invocation_started",
+                 "init_duration"]
 
 
 class Executor(concurrent.futures.Executor):
@@ -151,6 +155,7 @@ class Executor(concurrent.futures.Executor):
         self._tombstones: list[wire.Event] = []
         self._control_due = 0.0
         self._starts_listed = 0.0
+        self._start_lists = 0  # LIST requests of start markers, for the cost estimate
         # Shutdown protocol (as the stdlib's): a schedule either completes or sees the flag.
         self._state = threading.Condition(threading.Lock())
         self._shutdown = False
@@ -370,7 +375,11 @@ class Executor(concurrent.futures.Executor):
         the runtime can reset it — see ``peak_memory_scope`` — else the worker's lifetime peak);
         ``worker`` (process or Lambda log stream); ``bytes_in``/``bytes_out`` (pickled arguments
         and result); ``attempt`` (0 for the first invocation, +1 per re-invocation); ``ok``;
-        ``error_type``; ``cancelled``. Calls without a result have NaN/None in the run columns.
+        ``error_type``; ``cancelled``; ``invocation`` (the id of the invocation that ran it) and
+        ``invocation_started`` (when that invocation's handler began: Lambda bills from there);
+        ``init_duration`` (on a cold start's first call: seconds from the worker process's start
+        to a ready handler, Lambda's billed INIT phase). Calls without a result have NaN/None in
+        the run columns. :meth:`plot` draws this table, :meth:`cost` prices it.
         """
         import pandas as pd  # here: workers import lambdamap too, and need no pandas
 
@@ -380,6 +389,33 @@ class Executor(concurrent.futures.Executor):
         frame["queue_delay"] = frame["started"] - frame["submitted"]
         frame["cold"] = frame["warm"].map({True: False, False: True})
         return frame[METRICS_ORDER]
+
+    def cost(self, memory_mb: float | None = None, arch: str | None = None) -> CostEstimate:
+        """What this executor's calls cost on AWS Lambda — or would cost, for a local one:
+        requests, billed GB-seconds (cold starts' INIT phase included), S3 requests and dollars
+        at the published prices (:mod:`lambdamap.cost`). ``memory_mb`` and ``arch`` default to
+        the function's (AWS), else ``lambdamap deploy``'s defaults::
+
+            print(ex.cost())            # "... $0.000412 (Lambda $0.000371, S3 $0.000041)"
+            ex.cost(memory_mb=1769).total_usd
+        """
+        from .cost import estimate, function_config
+
+        memory, architecture = function_config(self.backend)
+        functions, objects = self._writer.uploads()
+        # On S3 the client's LISTs are counted; a folder is polled otherwise: they are modelled.
+        lists = (None if isinstance(self.storage, LocalStorage)
+                 else self._collector.lists + self._start_lists)
+        return estimate(self.metrics(), memory_mb=memory_mb or memory, arch=arch or architecture,
+                        functions=functions, objects=objects, client_lists=lists)
+
+    def plot(self, path: str | os.PathLike | None = None, **options: Any) -> Any:
+        """Draw the job's timeline — calls per worker over time, cold starts and failures
+        marked, and concurrency — into a PNG at ``path`` (see :func:`lambdamap.timeline.plot`);
+        returns the matplotlib figure. Needs matplotlib (``pip install lambdamap[plot]``)."""
+        from .timeline import plot
+
+        return plot(self.metrics(), path, **options)
 
     # -- scheduling ------------------------------------------------------------------------------
 
@@ -558,6 +594,7 @@ class Executor(concurrent.futures.Executor):
             prefix = wire.start_prefix(self.job_id)
             blob = unstarted[0].split(".", 1)[0]
             keys = self.storage.list(prefix, start_after=prefix + blob)
+            self._start_lists += 1 + len(keys) // 1000
             with self._lock:
                 for key in keys:
                     self._ledger.started(key[len(prefix):], now)
@@ -575,6 +612,9 @@ class Executor(concurrent.futures.Executor):
             unfinished = [c for c in event.calls if c in self._ledger.pending]
         finished = [c for c in unfinished
                     if self.storage.exists(wire.status_key(self.job_id, c))]
+        running = next((c for c in unfinished if c not in finished), None)
+        if running is not None:
+            cause += self._where_logs_are(event, running)
         with self._lock:
             verdict = self._ledger.lost(event, cause, timed_out=timed_out, finished=finished,
                                         job_id=self.job_id, sender=self._sender)
@@ -589,6 +629,20 @@ class Executor(concurrent.futures.Executor):
             except RuntimeError:
                 pass  # the backend closed meanwhile: the job is being released
         self._collector.wake()
+
+    def _where_logs_are(self, event: wire.Event, call_id: int) -> str:
+        """``; its logs: ...`` from the invocation's start marker (AWS), else ``""``."""
+        from .logs import LogLocation
+
+        key = wire.start_key(self.job_id, event.invocation)
+        try:
+            marker = json.loads(signing.unseal(self._key, key, self.storage.get(key)))
+            location = LogLocation.of(marker.get("logs"))
+        except Exception:  # noqa: BLE001 - never started, cancelled, or an older runtime
+            return ""
+        if location is None:
+            return ""
+        return f"; its logs: {location.describe()} (`lambdamap logs {self.job_id} {call_id}`)"
 
     def _fail(self, call_id: int, error: Exception, event: wire.Event) -> None:
         """Record the failure in the store, like any result, so that it counts exactly once."""
@@ -728,7 +782,8 @@ def _result_or_cancel(future: concurrent.futures.Future, timeout: float | None) 
 
 def _row_of(status: dict) -> dict:
     keys = ("started", "finished", "duration", "peak_memory_mb", "peak_memory_scope", "worker",
-            "warm", "bytes_out", "attempt", "ok", "error_type")
+            "warm", "bytes_out", "attempt", "ok", "error_type", "invocation", "invocation_started",
+            "init_duration")
     return {k: status.get(k) for k in keys}
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from .logs import LogLocation
 
 
 class CallFuture(concurrent.futures.Future):
@@ -12,7 +15,9 @@ class CallFuture(concurrent.futures.Future):
 
     * ``stdout``, ``stderr``, ``logs``: what the call printed and logged, as text;
     * ``status``: its measurements (start/end, duration, peak memory, worker, warm, bytes);
-    * ``remote_traceback``: the formatted traceback of a remote exception, or ``""``.
+    * ``remote_traceback``: the formatted traceback of a remote exception, or ``""``;
+    * ``logs_location``: on AWS, where the call's invocation logged (CloudWatch log group,
+      stream and request id, a :class:`~lambdamap.logs.LogLocation`); None elsewhere.
 
     The future stays *pending* until its result arrives, so ``cancel()`` succeeds until then —
     also while the call runs remotely (unlike the stdlib's futures, which cannot be cancelled
@@ -48,6 +53,13 @@ class CallFuture(concurrent.futures.Future):
         if self.on_cancel is not None:
             self.on_cancel(self)
         return True
+
+    @property
+    def logs_location(self) -> LogLocation | None:
+        """Where the call's invocation logged on AWS (``.events()`` reads them), or None."""
+        from .logs import LogLocation
+
+        return LogLocation.of(self.status.get("log_location"))
 
     def __repr__(self) -> str:
         return super().__repr__().replace(" at 0x", f" call={self.call_id} at 0x", 1)

@@ -50,6 +50,7 @@ from joblib.parallel import (AutoBatchingMixin, FallbackToBackend, ParallelBacke
 from . import serialize
 from .errors import LambdamapError, RuntimeMismatchError
 from .objects import ObjectRef
+from .progress import TaskBar
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,10 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
         require_versions: ``{distribution: version}`` the runtime must have, checked on the
             client before anything is invoked and on the worker before the tasks are unpickled
             (forest passes its scikit-learn version: equal trees need equal code).
+        progress: a progress bar over the tasks of each ``Parallel`` call (its total grows as
+            joblib dispatches); None: when someone watches (:mod:`lambdamap.progress`).
+            Default False: joblib's own ``verbose`` reports progress too.
+        progress_unit: what the bar counts (``"tree"`` for forest).
     """
 
     supports_retrieve_callback = True
@@ -270,6 +275,7 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
                  dedup_bytes: int | None = DEDUP_BYTES, inner_n_jobs: int = 1,
                  inner_max_num_threads: int | None = 1,
                  require_versions: Mapping[str, str] | None = None,
+                 progress: bool | None = False, progress_unit: str = "task",
                  nesting_level: int | None = None):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         if executor is not None and not all(hasattr(executor, m) for m in ("submit", "put")):
@@ -284,6 +290,8 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
         self.dedup_bytes = dedup_bytes or 0
         self.inner_n_jobs = inner_n_jobs or 1
         self.require_versions = dict(require_versions) if require_versions else None
+        self.progress, self.progress_unit = progress, progress_unit
+        self._bar = TaskBar(False)
         self.transfer = Transfer()
         self._lock = threading.Lock()
         self._checked = False
@@ -344,11 +352,13 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def start_call(self):
         self._reset_call()
+        self._bar = TaskBar(self.progress, desc=f"{self.progress_unit}s", unit=self.progress_unit)
 
     def stop_call(self):
         with self._lock:  # anything still waiting belongs to a call that ended without it
             waiting, self._waiting = self._waiting, []
             self._refs.clear()  # drop our hold on the call's arguments
+        self._bar.close()  # joblib stops a call however it ends: done, failed or aborted
         for _, future in waiting:
             future.cancel()
 
@@ -428,15 +438,18 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
                        else batches)
             call = self._executor().submit(run_batches, settings, payload)
         except BaseException as exc:  # noqa: BLE001 - joblib raises it in order, like a task's
-            _to_finisher((self, None, exc, group))
+            _to_finisher((self, None, exc, group, None))
             return
         with self._lock:
             self._calls.add(call)
             self.transfer.calls += 1
             self.transfer.tasks += sum(len(tasks) for tasks in batches)
-        call.add_done_callback(lambda done: _to_finisher((self, done, None, group)))
+        bar = self._bar
+        bar.add(sum(len(tasks) for tasks in batches))
+        call.add_done_callback(lambda done: _to_finisher((self, done, None, group, bar)))
 
-    def _finish(self, call, error: BaseException | None, group: list) -> None:
+    def _finish(self, call, error: BaseException | None, group: list,
+                bar: TaskBar | None = None) -> None:
         """Resolve a call's joblib futures (on the finisher thread: joblib's callbacks may
         dispatch the next batch, which must not hold up the executor's collector)."""
         results: list = [None] * len(group)
@@ -452,6 +465,8 @@ class LambdamapBackend(AutoBatchingMixin, ParallelBackendBase):
                 error = call.exception()
                 if error is None:
                     results = call.result()
+            if bar is not None:
+                bar.done(sum(len(tasks) for tasks, _ in group), failed=error is not None)
         for (_, future), result in zip(group, results):
             if not future.set_running_or_notify_cancel():
                 continue  # aborted
@@ -525,9 +540,9 @@ def _to_finisher(item: tuple) -> None:
 
 def _finish_forever() -> None:
     while True:
-        backend, call, error, group = _finisher.get()
+        backend, call, error, group, bar = _finisher.get()
         try:
-            backend._finish(call, error, group)
+            backend._finish(call, error, group, bar)
         except BaseException:  # noqa: BLE001 - a joblib callback failed; keep serving the rest
             log.exception("lambdamap joblib backend: resolving a batch failed")
 

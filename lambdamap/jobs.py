@@ -52,6 +52,12 @@ class JobWriter:
         self._upload_once(key, blob)
         return ObjectRef(key, self.spec, len(blob))
 
+    def uploads(self) -> tuple[int, int]:
+        """How many functions and objects this writer stored (for the cost estimate)."""
+        keys = list(self._uploaded)  # one copy under the GIL: uploads may run meanwhile
+        functions = sum("/fn/" in key for key in keys)
+        return functions, len(keys) - functions
+
     def _upload_once(self, key: str, blob: bytes) -> None:
         if key not in self._uploaded:
             self.storage.put(key, signing.seal(self.key, key, blob))

@@ -251,18 +251,27 @@ def decode_record(data: bytes, key: bytes | None = None, label: str = "") -> Cal
 
 def make_status(*, call_id: int, ok: bool, started: float, finished: float, peak_memory_mb: float,
                 worker: str, warm: bool, bytes_in: int, bytes_out: int, attempt: int,
-                error_type: str | None = None, peak_memory_scope: str | None = None) -> dict:
+                error_type: str | None = None, peak_memory_scope: str | None = None,
+                invocation: str | None = None, invocation_started: float | None = None,
+                init_duration: float | None = None, log_location: dict | None = None) -> dict:
     """The JSON status of one call; the same dict is embedded in its :class:`CallRecord`.
 
     ``peak_memory_scope`` says what ``peak_memory_mb`` measures: ``"call"`` (the peak while this
     call ran) or ``"process"`` (the worker's lifetime peak); see ``runtime_layer/memory.py``.
+    What the runtime knows of the invocation that ran the call: its id (``invocation``), when
+    its handler began (``invocation_started``: Lambda bills from there), the worker process's
+    start-up seconds on the first call it ran (``init_duration``: Lambda bills the INIT phase of
+    a cold start) and where its logs are (``log_location``: CloudWatch ``group``, ``stream`` and
+    ``request_id``, see :mod:`lambdamap.logs`); None where unknown.
     """
     return {
         "call_id": call_id, "ok": ok, "started": started, "finished": finished,
         "duration": finished - started, "peak_memory_mb": peak_memory_mb,
         "peak_memory_scope": peak_memory_scope, "worker": worker,
         "warm": warm, "bytes_in": bytes_in, "bytes_out": bytes_out, "attempt": attempt,
-        "error_type": error_type,
+        "error_type": error_type, "invocation": invocation,
+        "invocation_started": invocation_started, "init_duration": init_duration,
+        "log_location": log_location,
     }
 
 
@@ -292,19 +301,21 @@ def failure_record(call_id: int, exc: BaseException, tb: str | None = None) -> C
 
 def write_record(storage, job_id: str, record: CallRecord, *, started: float, bytes_in: int,
                  worker: str, warm: bool, attempt: int, peak_memory_mb: float = 0.0,
-                 signing_key: bytes | None = None, peak_memory_scope: str | None = None) -> bool:
+                 signing_key: bytes | None = None, peak_memory_scope: str | None = None,
+                 **invocation_facts) -> bool:
     """Write a call's result, then its status; the first writer wins (``if_absent``).
 
     Returns whether this record is the one that counts. A call delivered twice (at-least-once
     invocation) therefore still has exactly one result. ``signing_key`` defaults to the job's
-    (:func:`lambdamap.signing.key_for`).
+    (:func:`lambdamap.signing.key_for`). ``invocation_facts`` are :func:`make_status`'s
+    ``invocation``, ``invocation_started``, ``init_duration`` and ``log_location``.
     """
     blob = record.value_blob if record.ok else record.error_blob
     record.status = make_status(
         call_id=record.call_id, ok=record.ok, started=started, finished=time.time(),
         peak_memory_mb=round(peak_memory_mb, 1), peak_memory_scope=peak_memory_scope, worker=worker,
         warm=warm, bytes_in=bytes_in, bytes_out=len(blob or b""), attempt=attempt,
-        error_type=record.error_type)
+        error_type=record.error_type, **invocation_facts)
     key = result_key(job_id, record.call_id)
     if signing_key is None:
         signing_key = signing.key_for(job_id)

@@ -7,6 +7,10 @@ worker processes run. Module-level caches survive between invocations of a warm 
 """
 from __future__ import annotations
 
+import time
+
+_IMPORT_STARTED = time.time()  # before the imports below: they are part of the worker's start-up
+
 import contextlib
 import io
 import json
@@ -15,12 +19,12 @@ import os
 import signal
 import socket
 import threading
-import time
 import traceback
 
 from lambdamap import serialize, signing, wire
 from lambdamap.errors import (CallTimeoutError, IntegrityError, InvocationDeadline,
                              PayloadTooLargeError, SerializationError)
+from lambdamap.logs import LogLocation, announcement
 from lambdamap.objects import resolve, running_job
 from lambdamap.storage import Storage, storage_from_spec
 from runtime_layer.memory import PeakMemory
@@ -34,6 +38,27 @@ _invocations = 0  # > 0 means this process is warm
 _functions: dict[str, object] = {}
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux: both clocks count from boot, in ticks of
+    10 ms), else since this module began to load."""
+    fallback = time.time() - _IMPORT_STARTED
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return fallback
+    age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    return age if age >= fallback else fallback
+
+
+#: Seconds from this process's start until the handler was ready: its part of Lambda's billed
+#: INIT phase (reported with the first call the process runs, see :func:`_invocation_facts`).
+INIT_SECONDS = _process_age()
+_init_reported = False
+
+
 def handler(event: dict, context=None) -> dict:
     """Run the calls of one invocation event; return a small summary (never the results)."""
     if isinstance(event, dict) and "lambdamap_probe" in event:  # the client asks what runs here
@@ -42,15 +67,19 @@ def handler(event: dict, context=None) -> dict:
     global _invocations
     if isinstance(event, wire.Event):  # called in-process (tests, tools) rather than by Lambda
         event = event.to_json()
+    invocation_started = time.time()
     warm = _invocations > 0
     _invocations += 1
+    location = LogLocation.of_context(context)
+    facts = {"invocation": event.get("invocation"), "invocation_started": invocation_started,
+             "log_location": location.to_json() if location else None}
     storage = storage_from_spec(event["storage"])
     job_id, calls = event["job_id"], list(event["calls"])
     try:
         wire.check_event(event)
         ev = wire.Event.from_json(event)
         key = signing.key_for(job_id)
-        if not _begin(storage, ev, key):
+        if not _begin(storage, ev, key, location):
             log.info("invocation %s of job %s was cancelled before it began", ev.invocation, job_id)
             return _summary(calls, warm, not_run=[], skipped=calls)
         start, end = ev.range
@@ -69,7 +98,7 @@ def handler(event: dict, context=None) -> dict:
         started = time.time()
         for call_id in calls:
             _write(storage, job_id, wire.failure_record(call_id, exc, traceback.format_exc()), started,
-                   0, warm, event.get("attempt", 0))
+                   0, warm, event.get("attempt", 0), facts)
         return _summary(calls, warm, not_run=[], failed=True)
 
     deadline = _deadline(context)
@@ -88,12 +117,13 @@ def handler(event: dict, context=None) -> dict:
         started = time.time()
         with _alarm_at(deadline):
             record = _run(fn, payload, call_id, options.get("max_result_bytes"),
-                          timeout=options.get("function_timeout"), job_id=job_id)
+                          timeout=options.get("function_timeout"), job_id=job_id,
+                          logs_hint=_logs_hint(location, job_id, call_id))
         if i > 0 and _stopped_by_deadline(record, deadline):
             # Earlier calls used part of the budget: this call gets the whole of it again, first
             # in a new invocation, rather than failing for a time-out that is not its own.
             return _summary(calls, warm, not_run=calls[i:])
-        _write(storage, job_id, record, started, len(payload), warm, ev.attempt)
+        _write(storage, job_id, record, started, len(payload), warm, ev.attempt, facts)
         warm = True  # the first call of a cold invocation paid the start-up; the rest did not
         if control.due():  # cleaned up while this call ran? then take back what it wrote
             control.refresh()
@@ -104,16 +134,23 @@ def handler(event: dict, context=None) -> dict:
     return _summary(calls, warm, not_run=[])
 
 
-def _begin(storage: Storage, event: wire.Event, key: bytes | None) -> bool:
+def _begin(storage: Storage, event: wire.Event, key: bytes | None,
+           location: LogLocation | None = None) -> bool:
     """Write the invocation's start marker; False if the client cancelled it first.
 
     One request per invocation: the client's loss deadline counts from this marker, so an
-    invocation that waited long in Lambda's queue is not mistaken for a lost one.
+    invocation that waited long in Lambda's queue is not mistaken for a lost one. On Lambda the
+    marker holds where the invocation's logs are (for the error of a call it loses), and one line
+    in those logs names the job and calls (for ``lambdamap logs``).
     """
+    if location is not None:
+        print(announcement(event.job_id, event.invocation, event.attempt, location.request_id,
+                           list(event.calls)), flush=True)
     if not event.invocation:
         return True
     marker = wire.start_key(event.job_id, event.invocation)
-    body = json.dumps({"worker": WORKER_ID, "started": time.time(), "attempt": event.attempt})
+    body = json.dumps({"worker": WORKER_ID, "started": time.time(), "attempt": event.attempt,
+                       "logs": location.to_json() if location else None})
     if storage.put(marker, signing.seal(key, marker, body.encode()), if_absent=True):
         return True
     try:  # a duplicate delivery, or the client's "cancelled"
@@ -285,10 +322,12 @@ _peak_memory = PeakMemory()
 
 
 def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None,
-         timeout: float | None = None, job_id: str | None = None) -> wire.CallRecord:
+         timeout: float | None = None, job_id: str | None = None,
+         logs_hint: str = "") -> wire.CallRecord:
     """Run one call, capturing what it prints and logs, and encode its outcome.
 
     ``job_id`` is the call's job: an :class:`~lambdamap.ObjectRef` of another job is refused.
+    ``logs_hint`` ends the message of a call stopped at the time-out (where its logs are).
     """
     out, err, logs = io.StringIO(), io.StringIO(), io.StringIO()
     _peak_memory.reset()
@@ -301,7 +340,7 @@ def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None,
         except _Deadline:
             error = CallTimeoutError(
                 f"call {call_id} ran past the function time-out"
-                f"{f' of {timeout} s' if timeout else ''} and was stopped")
+                f"{f' of {timeout} s' if timeout else ''} and was stopped{logs_hint}")
             record = wire.failure_record(call_id, error, traceback.format_exc())
         except BaseException as exc:  # noqa: BLE001 - a user's SystemExit comes home too
             record = wire.failure_record(call_id, exc, traceback.format_exc())
@@ -322,8 +361,26 @@ def _run(fn, payload: bytes, call_id: int, max_result_bytes: int | None,
 
 
 def _write(storage: Storage, job_id: str, record: wire.CallRecord, started: float,
-           bytes_in: int, warm: bool, attempt: int) -> None:
-    """Write the call's record with its peak memory (see :mod:`runtime_layer.memory`)."""
+           bytes_in: int, warm: bool, attempt: int, facts: dict) -> None:
+    """Write the call's record with its peak memory (see :mod:`runtime_layer.memory`) and the
+    invocation's ``facts`` (see :func:`lambdamap.wire.make_status`)."""
     wire.write_record(storage, job_id, record, started=started, bytes_in=bytes_in,
                       worker=WORKER_ID, warm=warm, attempt=attempt,
-                      peak_memory_mb=_peak_memory.peak_mb(), peak_memory_scope=_peak_memory.scope)
+                      peak_memory_mb=_peak_memory.peak_mb(), peak_memory_scope=_peak_memory.scope,
+                      **_invocation_facts(facts))
+
+
+def _invocation_facts(facts: dict) -> dict:
+    """``facts`` plus the process's start-up seconds on the first record it writes (once: Lambda
+    bills the INIT phase once per execution environment)."""
+    global _init_reported
+    if _init_reported:
+        return {**facts, "init_duration": None}
+    _init_reported = True
+    return {**facts, "init_duration": round(INIT_SECONDS, 3)}
+
+
+def _logs_hint(location: LogLocation | None, job_id: str, call_id: int) -> str:
+    if location is None:
+        return ""
+    return f"; its logs: {location.describe()} (`lambdamap logs {job_id} {call_id}`)"

@@ -140,12 +140,19 @@ def async_invocations(stack) -> int:
 
 def test_a_map_of_200_calls_runs_on_the_deployed_package(stack):
     before, records = stack.counter.total(), async_invocations(stack)
+    methods = dict(stack.counter.counts)
     with aws_executor() as ex:
         assert ex.backend.function_timeout == FUNCTION_TIMEOUT  # read from the function
         assert list(ex.map(square, range(200), chunksize=4)) == [x * x for x in range(200)]
         m = ex.metrics()
+        cost = ex.cost()
     assert async_invocations(stack) - records == 50  # one invocation per batch
     assert m["ok"].all() and m["worker"].nunique() <= 2
+    # The cost estimate's S3 requests against those the server counted (client and workers):
+    # PUTs and GETs (LISTs are GETs on the wire; the executor counts its own on S3).
+    counted = {k: v - methods.get(k, 0) for k, v in stack.counter.counts.items()}
+    assert (cost.memory_mb, cost.invocations, cost.s3_put) == (512, 50, counted["PUT"])
+    assert cost.s3_get + cost.s3_list == pytest.approx(counted["GET"], abs=3), (cost, counted)
     requests = stack.counter.total() - before
     assert requests / 200 <= 4, stack.counter.counts  # put args shared, results fetched, list amortized
     assert not ex.storage.list(wire.job_prefix(ex.job_id))  # cleaned up
@@ -205,10 +212,13 @@ def test_calls_past_the_function_timeout_fail_naming_them_and_the_others_complet
     with aws_executor(max_retries=0, lost_after_margin=3.0) as ex:
         futures = ex.map_futures(overruns, range(200))
         start = time.monotonic()
-        with pytest.raises(CallTimeoutError, match=r"call 2 ran past the function time-out"):
+        logs = rf"its logs: CloudWatch log group /aws/lambda/{stack.function}, stream \S+, request id "
+        with pytest.raises(CallTimeoutError, match=rf"call 2 ran past the function time-out.*{logs}"):
             futures[2].result(timeout=60)
-        with pytest.raises(WorkerLostError, match=rf"call 3 of job .*no report within {FUNCTION_TIMEOUT}"):
+        with pytest.raises(WorkerLostError, match=rf"call 3 of job .*no report within {FUNCTION_TIMEOUT}"
+                                                  rf".*{logs}.*`lambdamap logs {ex.job_id} 3`"):
             futures[3].result(timeout=60)
+        assert futures[0].logs_location.group == f"/aws/lambda/{stack.function}"
         assert time.monotonic() - start < FUNCTION_TIMEOUT + 3.0 + 15
         assert [f.result(timeout=60) for i, f in enumerate(futures) if i not in (2, 3)] == \
             [i for i in range(200) if i not in (2, 3)]

@@ -87,9 +87,10 @@ def assert_same_forest(grove, plain, X):
 def test_parameters_are_sklearns_plus_grove_ones(grove_cls, sklearn_cls):
     ours = inspect.signature(grove_cls.__init__).parameters
     theirs = inspect.signature(sklearn_cls.__init__).parameters
-    assert list(ours)[:-2] == list(theirs)
+    assert list(ours)[:-3] == list(theirs)
     assert all(ours[name].default == theirs[name].default for name in theirs)
-    assert (ours["grove_size"].default, ours["executor"].default) == (10, None)
+    assert (ours["grove_size"].default, ours["executor"].default, ours["progress"].default) == \
+        (10, None, None)
 
 
 @pytest.mark.parametrize("estimator", [
