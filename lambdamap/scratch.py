@@ -56,29 +56,35 @@ def mark_kept(path: str) -> None:
     open(os.path.join(path, KEEP_FILE), "w").close()
 
 
+def _owners(prefix: str, parent: str | None) -> list[tuple[str, dict | None]]:
+    """``(path, owner record)`` of the ``prefix*`` folders under ``parent`` (None: unreadable)."""
+    parent = parent or tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            with open(os.path.join(path, OWNER_FILE)) as f:
+                found.append((path, json.load(f)))
+        except (OSError, ValueError):
+            found.append((path, None))
+    return found
+
+
 def sweep(prefix: str, parent: str | None = None) -> list[str]:
     """Remove the ``prefix*`` folders under ``parent`` whose owner process is gone; return them.
 
     Folders without an owner record, kept ones and those of live owners are left alone.
     """
-    parent = parent or tempfile.gettempdir()
     removed = []
-    try:
-        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
-    except OSError:
-        return removed
-    for name in names:
-        path = os.path.join(parent, name)
-        try:
-            if os.path.exists(os.path.join(path, KEEP_FILE)):
-                continue
-            with open(os.path.join(path, OWNER_FILE)) as f:
-                owner = json.load(f)
-        except (OSError, ValueError):
+    for path, owner in _owners(prefix, parent):
+        if owner is None or os.path.exists(os.path.join(path, KEEP_FILE)) or _owner_alive(owner):
             continue
-        if not _owner_alive(owner):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     if removed:
         log.info("lambdamap: removed %d scratch folder(s) left by clients that died: %s",
                  len(removed), removed)
@@ -87,17 +93,4 @@ def sweep(prefix: str, parent: str | None = None) -> list[str]:
 
 def owned_by(pid: int, prefix: str, parent: str | None = None) -> list[str]:
     """The ``prefix*`` folders under ``parent`` owned by process ``pid`` (for tests and tools)."""
-    parent = parent or tempfile.gettempdir()
-    out = []
-    try:
-        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
-    except OSError:
-        return out
-    for name in names:
-        try:
-            with open(os.path.join(parent, name, OWNER_FILE)) as f:
-                if json.load(f).get("pid") == pid:
-                    out.append(os.path.join(parent, name))
-        except (OSError, ValueError):
-            continue
-    return out
+    return [path for path, owner in _owners(prefix, parent) if owner and owner.get("pid") == pid]
